@@ -1,0 +1,101 @@
+// Build script: `dotnet fsi build.fsx <target> [-- args]`. Targets:
+//   setup  installs the Debian packages the project needs (glslc, mesa-vulkan-drivers, libvulkan1) when run
+//          as root and they are missing; otherwise says exactly what to install
+//   build  Release build of the whole solution (GLSL is compiled to SPIR-V by glslc during the build)
+//   test   setup + build + every test project; ends with `N passed, N failed, N skipped`
+//   bench  setup + build + `taylor-calibrate bench` (arguments after `--` are passed on)
+//   demo   setup + build + `taylor-calibrate demo` (the main job on its built-in defaults)
+open System
+open System.Diagnostics
+open System.IO
+open System.Text.RegularExpressions
+
+let root = __SOURCE_DIRECTORY__
+let configuration = "Release"
+let cliDll = Path.Combine(root, "src", "Cli", "bin", configuration, "net10.0", "taylor-calibrate.dll")
+let testProjects = [ Path.Combine("tests", "TaylorCalibrate.Tests", "TaylorCalibrate.Tests.fsproj") ]
+
+/// Runs a program, streaming its output; returns the exit code (and the output when captured).
+let run (capture: bool) (file: string) (args: string list) =
+    let psi = ProcessStartInfo(file, args, WorkingDirectory = root, UseShellExecute = false, RedirectStandardOutput = capture)
+    psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] <- "1"
+    psi.Environment["DOTNET_NOLOGO"] <- "1"
+    use p = Process.Start psi
+    let out = Text.StringBuilder()
+    if capture then
+        let mutable line = p.StandardOutput.ReadLine()
+        while not (isNull line) do
+            Console.WriteLine line
+            out.AppendLine line |> ignore
+            line <- p.StandardOutput.ReadLine()
+    p.WaitForExit()
+    p.ExitCode, out.ToString()
+
+let fail (msg: string) : 'a =
+    eprintfn "build.fsx: %s" msg
+    exit 1
+
+let shellOk (cmd: string) = fst (run true "bash" [ "-c"; cmd + " >/dev/null 2>&1" ]) = 0
+
+// ---- setup -------------------------------------------------------------------------------------------
+let debianPackages = [ "glslc", "command -v glslc"
+                       "libvulkan1", "ldconfig -p | grep -q 'libvulkan.so.1 '"
+                       "mesa-vulkan-drivers", "ls /usr/share/vulkan/icd.d/lvp_icd*.json" ]
+
+let setup () =
+    let missing = debianPackages |> List.filter (fun (_, check) -> not (shellOk check)) |> List.map fst
+    if not missing.IsEmpty then
+        let pkgs = String.Join(" ", missing)
+        let isRoot = shellOk "test $(id -u) -eq 0"
+        if isRoot && shellOk "command -v apt-get" then
+            printfn "setup: installing %s" pkgs
+            if fst (run false "bash" [ "-c"; $"apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {pkgs}" ]) <> 0 then
+                fail $"apt-get install {pkgs} failed"
+        else
+            fail $"missing Debian packages: {pkgs}. Install them with: sudo apt-get update && sudo apt-get install -y {pkgs}"
+    printfn "setup: glslc, libvulkan1 and mesa-vulkan-drivers are present"
+
+// ---- build -------------------------------------------------------------------------------------------
+let build () =
+    let rc, _ = run false "dotnet" [ "build"; "TaylorCalibrate.sln"; "-c"; configuration; "-nologo"; "-v"; "q"; "-clp:ErrorsOnly" ]
+    if rc <> 0 then fail "build failed"
+
+// ---- test --------------------------------------------------------------------------------------------
+let summaryLine = Regex(@"^(\d+) passed, (\d+) failed(?:, (\d+) skipped)?\s*$", RegexOptions.Multiline)
+
+let test (extra: string list) =
+    let mutable passed, failed, skipped, bad = 0, 0, 0, false
+    for proj in testProjects do
+        printfn "test: %s" proj
+        let rc, out = run true "dotnet" ([ "run"; "--project"; proj; "-c"; configuration; "--no-build"; "--"; "--summary" ] @ extra)
+        let ms = summaryLine.Matches out
+        if ms.Count = 0 then
+            eprintfn "test: %s printed no summary line (exit code %d)" proj rc
+            bad <- true
+        else
+            let m = ms[ms.Count - 1]
+            passed <- passed + int m.Groups[1].Value
+            failed <- failed + int m.Groups[2].Value
+            if m.Groups[3].Success then skipped <- skipped + int m.Groups[3].Value
+        if rc <> 0 then bad <- true
+    printfn "%d passed, %d failed, %d skipped" passed failed skipped
+    if bad || failed > 0 || passed = 0 then exit 1
+
+let cli (args: string list) =
+    let rc, _ = run false "dotnet" (cliDll :: args)
+    if rc <> 0 then exit rc
+
+// ---- main --------------------------------------------------------------------------------------------
+let argv = fsi.CommandLineArgs |> Array.skip 1 |> List.ofArray
+let target, rest =
+    match argv with
+    | [] -> "build", []
+    | t :: r -> t, (match r with "--" :: r' -> r' | r' -> r')
+
+match target with
+| "setup" -> setup ()
+| "build" -> setup (); build ()
+| "test" -> setup (); build (); test rest
+| "bench" -> setup (); build (); cli ("bench" :: rest)
+| "demo" -> setup (); build (); cli ("demo" :: rest)
+| other -> fail $"unknown target '{other}'; targets: setup, build, test, bench, demo"

@@ -1,0 +1,30 @@
+/// Errors a user can fix (bad files, bad options). Loaders return Result<_, InputError>; only the CLI turns
+/// them into messages and exit codes. Programming mistakes stay exceptions.
+namespace TaylorCalibrate.Pipeline
+
+/// What was wrong with an input, naming the file, tensor or option.
+type InputError =
+    | FileNotFound of path: string
+    | CorruptFile of path: string * problem: string
+    | UnsupportedDType of path: string * tensor: string * dtype: string
+    | MissingTensor of source: string * tensor: string
+    | ShapeMismatch of tensor: string * expected: int[] * actual: int[]
+    | InvalidOption of option: string * problem: string
+    | InvalidValue of tensor: string * problem: string
+
+module InputError =
+    let private shape (s: int[]) = "[" + (s |> Array.map string |> String.concat ",") + "]"
+
+    /// One line a person can act on.
+    let describe (e: InputError) =
+        match e with
+        | FileNotFound p -> $"{p}: file not found"
+        | CorruptFile(p, why) -> $"{p}: {why}"
+        | UnsupportedDType(p, t, d) -> $"{p}: tensor '{t}' has dtype {d}; supported: F32, F16, BF16 (and I32/I64 for ids)"
+        | MissingTensor(src, t) -> $"{src}: tensor '{t}' is missing"
+        | ShapeMismatch(t, e, a) -> $"tensor '{t}' has shape {shape a}, expected {shape e}"
+        | InvalidOption(o, why) -> $"{o}: {why}"
+        | InvalidValue(t, why) -> $"tensor '{t}': {why}"
+
+/// Raised by the CLI layer to carry an InputError out of deep code paths (never caught inside the library).
+exception InputException of InputError
