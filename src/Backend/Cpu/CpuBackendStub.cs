@@ -6,14 +6,6 @@ public sealed partial class CpuBackend : IBackend
 
     public string Name => throw new NotImplementedException();
     public DeviceInfo Info => throw new NotImplementedException();
-    public Tensor Allocate(int[] shape, DType dtype = DType.F32) => throw new NotImplementedException();
-    public void Upload(Tensor t, ReadOnlySpan<float> data) => throw new NotImplementedException();
-    public void Upload(Tensor t, ReadOnlySpan<int> data) => throw new NotImplementedException();
-    public void Download(Tensor t, Span<float> data) => throw new NotImplementedException();
-    public void Download(Tensor t, Span<int> data) => throw new NotImplementedException();
-    public void Synchronize() => throw new NotImplementedException();
-    public void Copy(Tensor src, long srcOffset, Tensor dst, long dstOffset, long count) => throw new NotImplementedException();
-    public void Fill(Tensor t, float value) => throw new NotImplementedException();
     public void Gemm(Tensor a, Tensor b, Tensor c, in GemmSpec spec) => throw new NotImplementedException();
     public void Add(Tensor a, Tensor b, Tensor y) => throw new NotImplementedException();
     public void Mul(Tensor a, Tensor b, Tensor y) => throw new NotImplementedException();
@@ -37,9 +29,5 @@ public sealed partial class CpuBackend : IBackend
     public void Reduce(ReduceOp op, Tensor x, Tensor result) => throw new NotImplementedException();
     public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWSpec spec) => throw new NotImplementedException();
     public void ClipGradNorm(IReadOnlyList<Tensor> grads, float maxNorm, Tensor norm) => throw new NotImplementedException();
-    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, float scale, Tensor? stats, Tensor? probs) => throw new NotImplementedException();
-    public void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO, Tensor dq, Tensor dk, Tensor dv, float scale) => throw new NotImplementedException();
-    public void GdnForward(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor? h0, Tensor o, Tensor? ht, in GdnSpec spec) => throw new NotImplementedException();
-    public void GdnBackward(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor? h0, Tensor dO, Tensor? dht, Tensor dq, Tensor dk, Tensor dv, Tensor dg, Tensor dbeta, Tensor? dh0, in GdnSpec spec) => throw new NotImplementedException();
     public void Dispose() { }
 }
