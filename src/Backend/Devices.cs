@@ -9,11 +9,14 @@ namespace TaylorCalibrate.Backend;
 /// <summary>One entry of the device list.</summary>
 public sealed record DeviceEntry(string Id, DeviceInfo Info, bool IsAuto);
 
+/// <summary>The device list, and why Vulkan devices are missing when they are (null otherwise).</summary>
+public sealed record DeviceList(IReadOnlyList<DeviceEntry> Entries, string? VulkanProblem);
+
 /// <summary>Lists devices and opens backends by <c>--device</c> string.</summary>
 public static class Devices
 {
     /// <summary>The Vulkan devices (empty with the reason when there is no loader or no device) and the CPU backend.</summary>
-    public static (IReadOnlyList<DeviceEntry> Entries, string? VulkanProblem) List()
+    public static DeviceList List()
     {
         var entries = new List<DeviceEntry>();
         string? problem = null;
@@ -24,7 +27,7 @@ public static class Devices
         foreach (var d in vk) entries.Add(new DeviceEntry($"vulkan:{d.Index}", d.Info, auto == d.Index));
         entries.Add(new DeviceEntry("cpu", CpuBackend.Describe(), auto is null));
         if (problem is null && vk.Count == 0) problem = "no Vulkan device found";
-        return (entries, problem);
+        return new DeviceList(entries, problem);
     }
 
     /// <summary>Opens the backend named by <paramref name="spec"/>.</summary>

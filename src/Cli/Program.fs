@@ -1,6 +1,48 @@
+/// `taylor-calibrate`: a thin command-line layer over TaylorCalibrate.Pipeline. Each command lives in its
+/// own file under Commands/; this file only dispatches and maps errors to exit codes
+/// (0 ok, 1 internal failure, 2 bad input), printing stack traces only with --verbose.
 module TaylorCalibrate.Cli.Program
+
+open System
+open Argu
+open TaylorCalibrate.Cli.Common
+
+[<HelpFlags("--help", "-h")>]
+type Command =
+    | [<CliPrefix(CliPrefix.None)>] Devices of ParseResults<DevicesCommand.Args>
+    | [<AltCommandLine("-v")>] Verbose
+    interface IArgParserTemplate with
+        member c.Usage =
+            match c with
+            | Devices _ -> "list Vulkan devices and the CPU backend, marking the `auto` choice"
+            | Verbose -> "print stack traces of errors"
+
+let private dispatch (results: ParseResults<Command>) =
+    match results.GetSubCommand() with
+    | Devices a -> DevicesCommand.run a
+    | Verbose -> usageError "no command given; see --help"
 
 [<EntryPoint>]
 let main argv =
-    printfn "taylor-calibrate: under construction"
-    0
+    let verbose = argv |> Array.exists (fun a -> a = "--verbose" || a = "-v")
+    let parser = ArgumentParser.Create<Command>(programName = "taylor-calibrate")
+    try
+        let results = parser.ParseCommandLine(argv, raiseOnUsage = true)
+        dispatch results
+    with
+    | :? ArguParseException as e when e.ErrorCode = ErrorCode.HelpText ->
+        printfn "%s" e.Message
+        0
+    | :? ArguParseException as e ->
+        eprintfn "%s" e.Message
+        2
+    | UsageError msg ->
+        eprintfn "error: %s" msg
+        2
+    | :? ArgumentException as e ->
+        eprintfn "error: %s" e.Message
+        if verbose then eprintfn "%O" e
+        2
+    | e ->
+        eprintfn "internal error: %s%s" e.Message (if verbose then "\n" + e.ToString() else " (run with --verbose for details)")
+        1

@@ -7,11 +7,6 @@ open System
 open Expecto
 open Expecto.Impl
 
-let allTests =
-    testList "TaylorCalibrate" [
-        Io.SafetensorsTests.tests
-    ]
-
 [<EntryPoint>]
 let main argv =
     let mutable counts = None
@@ -22,7 +17,7 @@ let main argv =
                 counts <- Some(summary.passed.Length, summary.failed.Length + summary.errored.Length, summary.ignored.Length)
                 basePrinter.summary cfg summary }
     let rc =
-        try runTestsWithCLIArgs [ CLIArguments.Printer printer ] argv allTests
+        try runTestsInAssemblyWithCLIArgs [ CLIArguments.Printer printer ] argv
         finally
             Backends.cpu.Dispose()
             Backends.vulkan.Dispose()

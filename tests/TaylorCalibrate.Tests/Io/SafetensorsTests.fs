@@ -31,6 +31,7 @@ let private expectCorrupt (path: string) (fragment: string) =
         Expect.stringContains msg path "message names the file"
         Expect.stringContains msg fragment "message says what is wrong"
 
+[<Tests>]
 let tests =
     testList "Safetensors" [
         test "F32 and I32 round trip bit-exactly, in order, with metadata" {
