@@ -11,11 +11,13 @@ open TaylorCalibrate.Cli.Common
 type Command =
     | [<CliPrefix(CliPrefix.None)>] Devices of ParseResults<DevicesCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Op of ParseResults<OpCommand.Args>
+    | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchCommand.Args>
     | [<AltCommandLine("-v")>] Verbose
     interface IArgParserTemplate with
         member c.Usage =
             match c with
             | Devices _ -> "list Vulkan devices and the CPU backend, marking the `auto` choice"
+            | Bench _ -> "benchmark kernels (medians after warm-up); --json writes machine-readable records"
             | Op _ -> "run one kernel on named tensors of a safetensors file (cross-checking); `op --help` lists the ops"
             | Verbose -> "print stack traces of errors"
 
@@ -23,6 +25,7 @@ let private dispatch (results: ParseResults<Command>) =
     match results.GetSubCommand() with
     | Devices a -> DevicesCommand.run a
     | Op a -> OpCommand.run a
+    | Bench a -> BenchCommand.run a
     | Verbose -> usageError "no command given; see --help"
 
 [<EntryPoint>]
