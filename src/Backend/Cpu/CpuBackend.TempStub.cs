@@ -1,12 +1,9 @@
-// STUB: replaced by the real implementation.
+// TEMPSTUB by the real implementation.
 namespace TaylorCalibrate.Backend.Cpu;
 
 public sealed partial class CpuBackend : IBackend
 {
 
-    public string Name => throw new NotImplementedException();
-    public DeviceInfo Info => throw new NotImplementedException();
-    public void Gemm(Tensor a, Tensor b, Tensor c, GemmSpec spec) => throw new NotImplementedException();
     public void Add(Tensor a, Tensor b, Tensor y) => throw new NotImplementedException();
     public void Mul(Tensor a, Tensor b, Tensor y) => throw new NotImplementedException();
     public void Scale(Tensor x, float s, Tensor y) => throw new NotImplementedException();
@@ -29,5 +26,4 @@ public sealed partial class CpuBackend : IBackend
     public void Reduce(ReduceOp op, Tensor x, Tensor result) => throw new NotImplementedException();
     public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWSpec spec) => throw new NotImplementedException();
     public void ClipGradNorm(IReadOnlyList<Tensor> grads, float maxNorm, Tensor norm) => throw new NotImplementedException();
-    public void Dispose() { }
 }
