@@ -1,0 +1,169 @@
+/// Sanity tests of the Vulkan backend's infrastructure (memory, hazards, batching, split bindings) and of the
+/// GEMM tails, against naive double loops. The full f64-reference op tests live in the other Ops/ files and
+/// run on every backend; these exercise Vulkan-only paths. Shapes are small: lavapipe runs on the CPU.
+/// Sequenced: the backend is shared by the whole run and is not thread-safe.
+module TaylorCalibrate.Tests.Ops.VulkanInfraTests
+
+open System
+open Expecto
+open TaylorCalibrate.Backend
+open TaylorCalibrate.Backend.Vulkan
+open TaylorCalibrate.Tests
+
+/// Float32 round-off of fp32 accumulation over short sums, as max |Δ| or relative RMS.
+let private fp32Rel = 1e-5
+let private fp32Abs = 1e-5
+
+let private vk () = Backends.vulkan.Get() :?> VulkanBackend
+
+let private upload (be: IBackend) (a: float32[]) (shape: int list) = be.FromArray(a, List.toArray shape)
+
+/// Runs `f` with the binding limit lowered to `bytes`, so the split paths run on small tensors.
+let private withBindingLimit (be: VulkanBackend) (bytes: uint64) f =
+    be.Synchronize()
+    be.MaxBindingBytes <- bytes
+    try f () finally be.Synchronize(); be.MaxBindingBytes <- 0UL
+
+[<Tests>]
+let memory =
+    testSequenced <| testList "VulkanInfra memory" [
+        test "upload/download round trip, F32 and I32, odd sizes" {
+            let be = vk ()
+            for n in [ 0; 1; 7; 1000; 70001 ] do
+                let a = Rand.normal n 1.0 n
+                use t = upload be a [ n ]
+                Expect.equal (t.ToArray()) a $"f32 n={n}"
+                let ids = Rand.ints n 1000 n
+                use ti = be.FromInts(ids, n)
+                Expect.equal (ti.ToIntArray()) ids $"i32 n={n}"
+        }
+        test "allocate zero-fills; fill and copy (also overlapping within one tensor)" {
+            let be = vk ()
+            use t = be.Allocate [| 5; 3 |]
+            Expect.equal (t.ToArray()) (Array.zeroCreate 15) "zeros"
+            be.Fill(t, 2.5f)
+            Expect.equal (t.ToArray()) (Array.create 15 2.5f) "fill"
+            let a = Array.init 20 float32
+            use s = upload be a [ 20 ]
+            be.Copy(s, 3L, t, 1L, 10L)
+            let got = t.ToArray()
+            Expect.equal got[1..10] a[3..12] "copy"
+            Expect.equal got[0] 2.5f "before copy untouched"
+            be.Copy(s, 0L, s, 2L, 10L)
+            let sa = s.ToArray()
+            Expect.equal sa[2..11] a[0..9] "overlapping copy"
+        }
+        test "upload while queued work still reads the old contents (staging path)" {
+            let be = vk ()
+            let n = 513
+            let a, b = Rand.normal 1 1.0 n, Rand.normal 2 1.0 n
+            use x = upload be a [ n ]
+            use y = be.Allocate [| n |]
+            use z = be.Allocate [| n |]
+            be.Scale(x, 2.0f, y)           // queued, not yet run
+            be.Upload(x, ReadOnlySpan b)  // must not overtake the scale
+            be.Scale(x, 3.0f, z)
+            Expect.equal (y.ToArray()) (a |> Array.map (fun v -> 2.0f * v)) "y from old x"
+            Expect.equal (z.ToArray()) (b |> Array.map (fun v -> 3.0f * v)) "z from new x"
+        }
+        test "disposing a tensor with queued work defers the free" {
+            let be = vk ()
+            use y = be.Allocate [| 300 |]
+            for i in 1 .. 5 do
+                use x = upload be (Array.create 300 (float32 i)) [ 300 ]
+                be.Axpy(1.0f, x, y)
+            Expect.equal (y.ToArray()) (Array.create 300 15.0f) "sum of 1..5"
+        }
+    ]
+
+[<Tests>]
+let recording =
+    testSequenced <| testList "VulkanInfra recording" [
+        test "250 dependent dispatches: barriers on hazards, several batches" {
+            let be = vk ()
+            let r = be.Recorder
+            be.Synchronize()
+            let n = 1000
+            let a = Rand.normal 3 1.0 n
+            use x = upload be a [ n ]
+            use y = be.Allocate [| n |]
+            let submits0, barriers0 = r.Submits, r.Barriers
+            for _ in 1 .. 250 do be.Axpy(0.5f, x, y)
+            let got = y.ToArray()
+            let expected = a |> Array.map (fun v -> float v * 125.0)
+            Numeric.close fp32Rel fp32Abs expected got "y = 125 x"
+            Expect.isGreaterThanOrEqual (r.Submits - submits0) 3L "submitted in several batches"
+            Expect.isGreaterThanOrEqual (r.Barriers - barriers0) 249L "a barrier between dependent axpys"
+        }
+        test "independent dispatches need no barrier" {
+            let be = vk ()
+            let r = be.Recorder
+            use x = upload be (Rand.normal 4 1.0 64) [ 64 ]
+            let ys = [ for _ in 1 .. 10 -> be.Allocate [| 64 |] ]
+            be.Synchronize()
+            let barriers0 = r.Barriers
+            for y in ys do be.Scale(x, 2.0f, y)
+            be.Synchronize()
+            Expect.equal (r.Barriers - barriers0) 0L "reads of x and writes of distinct y are hazard-free"
+            for y in ys do y.Dispose()
+        }
+        test "profile returns a positive device time" {
+            let be = vk ()
+            use x = upload be (Rand.normal 5 1.0 4096) [ 4096 ]
+            use y = be.Allocate [| 4096 |]
+            let s = be.Profile(fun () -> for _ in 1 .. 3 do be.Axpy(1.0f, x, y))
+            Expect.isGreaterThan s 0.0 "seconds"
+            let per = be.ProfileDispatches(fun () -> be.Scale(x, 2.0f, y))
+            Expect.equal per.Count 1 "one dispatch"
+            Expect.stringContains per[0].Kernel "elementwise" "kernel name"
+        }
+    ]
+
+[<Tests>]
+let elementwise =
+    testSequenced <| testList "VulkanInfra elementwise" [
+        test "unary ops and derivatives vs double formulas" {
+            let be = vk ()
+            let n = 777
+            let x = Rand.uniform 6 -8.0 8.0 n
+            let xp = x |> Array.map abs |> Array.map (fun v -> v + 0.1f)
+            let dy = Rand.normal 7 1.0 n
+            let sg (v: float) = 1.0 / (1.0 + exp -v)
+            let cases: (UnaryOp * float32[] * (float -> float) * (float -> float)) list =
+                [ UnaryOp.Silu, x, (fun v -> v * sg v), (fun v -> sg v * (1.0 + v * (1.0 - sg v)))
+                  UnaryOp.Sigmoid, x, sg, (fun v -> sg v * (1.0 - sg v))
+                  UnaryOp.Softplus, x, (fun v -> max v 0.0 + log (1.0 + exp (-(abs v)))), sg
+                  UnaryOp.Exp, x, exp, exp
+                  UnaryOp.Log, xp, log, (fun v -> 1.0 / v) ]
+            for op, input, f, df in cases do
+                use tx = upload be input [ n ]
+                use tdy = upload be dy [ n ]
+                use ty = be.Allocate [| n |]
+                be.Unary(op, tx, ty)
+                Numeric.close 1e-6 1e-5 (input |> Array.map (float >> f)) (ty.ToArray()) $"{op}"
+                be.UnaryBackward(op, tx, tdy, ty)
+                Numeric.close 1e-6 1e-5 (Array.map2 (fun v d -> float d * df (float v)) input dy) (ty.ToArray()) $"{op}'"
+        }
+        test "split bindings: add, axpy, swiglu backward across 4 KiB chunks" {
+            let be = vk ()
+            let n = 5003
+            let a, b, d = Rand.normal 8 1.0 n, Rand.normal 9 1.0 n, Rand.normal 10 1.0 n
+            withBindingLimit be 4096UL (fun () ->
+                use ta = upload be a [ n ]
+                use tb = upload be b [ n ]
+                use td = upload be d [ n ]
+                use y = be.Allocate [| n |]
+                be.Add(ta, tb, y)
+                Expect.equal (y.ToArray()) (Array.map2 (+) a b) "add"
+                be.Axpy(2.0f, ta, y)
+                Expect.equal (y.ToArray()) (Array.map2 (fun x y -> y + 2.0f * x) a (Array.map2 (+) a b)) "axpy"
+                use da = be.Allocate [| n |]
+                use db = be.Allocate [| n |]
+                be.SwiGluBackward(ta, tb, td, da, db)
+                let sg (v: float) = 1.0 / (1.0 + exp -v)
+                let eda = Array.init n (fun i -> let v = float a[i] in float d[i] * float b[i] * sg v * (1.0 + v * (1.0 - sg v)))
+                let edb = Array.init n (fun i -> let v = float a[i] in float d[i] * v * sg v)
+                Numeric.close 1e-6 1e-5 eda (da.ToArray()) "da"
+                Numeric.close 1e-6 1e-5 edb (db.ToArray()) "db")
+        }
+    ]
