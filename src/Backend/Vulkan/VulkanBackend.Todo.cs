@@ -1,12 +1,8 @@
 namespace TaylorCalibrate.Backend.Vulkan;
 
-internal enum GemmKernel { Registers, Tiled }
 
 public sealed partial class VulkanBackend
 {
-    internal GemmKernel GemmVariant { get; set; }
-    GemmKernel ChooseGemm() => GemmKernel.Registers;
-    public void Gemm(Tensor a, Tensor b, Tensor c, GemmSpec spec) => throw new NotImplementedException();
     public void RmsNorm(Tensor x, Tensor w, Tensor y, Tensor rstd, float eps) => throw new NotImplementedException();
     public void RmsNormBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, Tensor dx, Tensor dw) => throw new NotImplementedException();
     public void L2Norm(Tensor x, Tensor y, Tensor rstd, int cols, float eps) => throw new NotImplementedException();

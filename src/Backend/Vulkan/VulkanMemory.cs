@@ -111,7 +111,7 @@ internal sealed unsafe class MemoryPool : IDisposable
         };
         VulkanContext.Check(vk.CreateBuffer(ctx.Device, &info, null, out var handle), "vkCreateBuffer");
         vk.GetBufferMemoryRequirements(ctx.Device, handle, out var req);
-        ulong align = Math.Max(req.Alignment, ctx.MinStorageBufferOffsetAlignment);
+        ulong align = Math.Max(Math.Max(req.Alignment, ctx.MinStorageBufferOffsetAlignment), 16);   // 16: vec4 loads
         MemoryBlock? block = null;
         ulong offset = 0;
         if (req.Size <= blockSize / 2)

@@ -167,3 +167,64 @@ let elementwise =
                 Numeric.close 1e-6 1e-5 edb (db.ToArray()) "db")
         }
     ]
+
+/// Naive double-precision C = α·op(A)·op(B) + β·C over the whole batch, following GemmSpec's layout rules.
+let private gemmRef (s: GemmSpec) (a: float32[]) (b: float32[]) (c: float32[]) =
+    let out = Array.map float c
+    for z in 0 .. s.Batch - 1 do
+        for m in 0 .. s.M - 1 do
+            for n in 0 .. s.N - 1 do
+                let mutable acc = 0.0
+                for k in 0 .. s.K - 1 do
+                    let ai = s.OffsetA + int64 z * s.StrideAResolved + (if s.TransA then int64 k * int64 s.LdaResolved + int64 m else int64 m * int64 s.LdaResolved + int64 k)
+                    let bi = s.OffsetB + int64 z * s.StrideBResolved + (if s.TransB then int64 n * int64 s.LdbResolved + int64 k else int64 k * int64 s.LdbResolved + int64 n)
+                    acc <- acc + float a[int ai] * float b[int bi]
+                let ci = int (s.OffsetC + int64 z * s.StrideCResolved + int64 m * int64 s.LdcResolved + int64 n)
+                out[ci] <- float s.Alpha * acc + (if s.Beta = 0.0f then 0.0 else float s.Beta * float c[ci])
+    out
+
+let private runGemm (be: VulkanBackend) (s: GemmSpec) seed =
+    let na, nb, nc = int s.ExtentA + 3, int s.ExtentB + 5, int s.ExtentC + 2
+    let a, b = Rand.normal seed 1.0 na, Rand.normal (seed + 1) 1.0 nb
+    let c = Rand.normal (seed + 2) 1.0 nc
+    use ta = upload be a [ na ]
+    use tb = upload be b [ nb ]
+    use tc = upload be c [ nc ]
+    be.Gemm(ta, tb, tc, s)
+    Numeric.close 1e-6 1e-4 (gemmRef s a b c) (tc.ToArray()) $"{be.GemmVariant} {s}"
+
+[<Tests>]
+let gemm =
+    testSequenced <| testList "VulkanInfra gemm" [
+        for variant in [ GemmKernel.Registers; GemmKernel.Tiled ] do
+            yield test $"{variant}: odd shapes, every transpose, alpha/beta, batch with strides, offsets, leading dims" {
+                let be = vk ()
+                let saved = be.GemmVariant
+                be.GemmVariant <- variant
+                try
+                    for ta in [ false; true ] do
+                    for tb in [ false; true ] do
+                        runGemm be (GemmSpec(37, 53, 29, ta, tb)) 11
+                        runGemm be (GemmSpec(1, 1, 1, ta, tb, Alpha = 2.0f, Beta = 0.5f)) 12
+                        runGemm be (GemmSpec(65, 9, 130, ta, tb, Alpha = -1.5f, Beta = 1.0f)) 13
+                        // batch 3, padded leading dimensions, explicit strides and offsets (not multiples of 4)
+                        let lda, ldb, ldc = (if ta then 37 else 29) + 3, (if tb then 29 else 53) + 1, 53 + 2
+                        let sa, sb, sc = int64 (lda * (if ta then 29 else 37)) + 7L, int64 (ldb * (if tb then 53 else 29)) + 1L, int64 (ldc * 37) + 5L
+                        runGemm be (GemmSpec(37, 53, 29, ta, tb, 0.75f, 0.25f, 3, lda, ldb, ldc, sa, sb, sc, 5L, 2L, 1L)) 14
+                    runGemm be (GemmSpec(8, 8, 0, Beta = 0.5f)) 15      // K = 0: C = β·C
+                    runGemm be (GemmSpec(128, 96, 64)) 16              // aligned, full tiles: vec4 paths
+                finally be.GemmVariant <- saved
+            }
+        yield test "beta = 0 ignores NaN in C" {
+            let be = vk ()
+            use ta = upload be (Array.create 12 1.0f) [ 12 ]
+            use tb = upload be (Array.create 12 1.0f) [ 12 ]
+            use tc = upload be (Array.create 9 nanf) [ 9 ]
+            be.Gemm(ta, tb, tc, GemmSpec(3, 3, 4))
+            Expect.equal (tc.ToArray()) (Array.create 9 4.0f) "C = A·B"
+        }
+        yield test "batch chunks when the batch exceeds one binding" {
+            let be = vk ()
+            withBindingLimit be 4096UL (fun () -> runGemm be (GemmSpec(10, 12, 9, Batch = 20)) 17)
+        }
+    ]
