@@ -2,6 +2,7 @@
 // statistics mode, backward in two race-free passes); statistics definitions: method.md §5.1 and §11d.
 // s_ij = scale·q_i·k_j for j ≤ i; query head h reads kv head h / (H/Hkv). Tiles of BR query rows × BC key
 // rows; no T×T matrix is ever formed (except the optional probs output, a diagnostic for small T).
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace TaylorCalibrate.Backend.Cpu;
@@ -23,6 +24,7 @@ internal static unsafe partial class FlashAttention
     /// o [B,T,H,D], lse [B,H,T] = m + ln l (natural log); stats [B,H,2] (mean distance, mean entropy) and
     /// probs [B,H,T,T] when not null.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Forward(float[] q, float[] k, float[] v, float[] o, float[] lse, float[]? stats, float[]? probs,
                                AttentionDims d, float scale)
     {
@@ -47,6 +49,7 @@ internal static unsafe partial class FlashAttention
         if (probs is not null) WriteProbs(q, k, lse, probs, d, scale);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void ForwardTile(float[] q, float[] k, float[] v, float[] o, float[] lse, double[]? partial, int item,
                             AttentionDims d, int b, int h, int i0, int i1, float scale)
     {
@@ -108,6 +111,7 @@ internal static unsafe partial class FlashAttention
 
     // s[c] ← e^{s[c]−m} for c < valid (arguments ≤ 0), 0 for valid ≤ c < n; returns Σp, Σp·max(off−c, 0.5), Σp·s
     // where off = i − j0 (so off − c = i − j).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void ExpRow(float* s, int valid, int n, float m, int off, out float ps, out float pd, out float pss)
     {
         var vm = Vector256.Create(m);
@@ -142,6 +146,7 @@ internal static unsafe partial class FlashAttention
     }
 
     // probs[b,h,i,j] = e^{s_ij − lse_i} for j ≤ i, else 0 (diagnostics; O(T²·D) plain dot products).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void WriteProbs(float[] q, float[] k, float[] lse, float[] probs, AttentionDims d, float scale)
     {
         int T = d.T, D = d.D;

@@ -2,6 +2,7 @@
 // numerical rules of §3.4. On the CPU a chunk's rows are simply n ≤ C valid rows (no padding), so the
 // partial last chunk needs no masking of padded rows; exponents are always differences γ_r − γ_j with r ≥ j
 // (or γ_last − γ_r, γ_r), which are ≤ 0 for g ≤ 0.
+using System.Runtime.CompilerServices;
 namespace TaylorCalibrate.Backend.Cpu;
 
 /// <summary>What the chunked forward keeps for the backward (recomputed there, never returned to callers).</summary>
@@ -27,6 +28,7 @@ internal static unsafe class GdnChunked
     /// o (T, V) (null: no output), state (K, V): h0 or zeros on entry, final state on exit; saved (null: keep
     /// nothing) receives γ, A, w, v_new and h_c of every chunk.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Forward(GdnHead p, int C, float scale, float[]? o, float[] state, GdnChunkSaved? saved)
     {
         int T = p.T, K = p.K, V = p.V, NT = (T + C - 1) / C;
@@ -106,6 +108,7 @@ internal static unsafe class GdnChunked
     /// A (n×n of a C-strided tile, zero above the diagonal) = (I + L)⁻¹ with
     /// L_rj = β_r·KK_rj·e^{γ_r−γ_j} for j &lt; r: row r of A = e_r − Σ_{m&lt;r} L_rm·(row m of A).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void InvertUnitLower(float* KK, float[] beta, int t0, float* gam, int n, int C, float* A)
     {
         for (int r = 0; r < n; r++)
@@ -127,6 +130,7 @@ internal static unsafe class GdnChunked
     /// X_rj ← s·X_rj·e^{γ_r−γ_j} for j ≤ r (j &lt; r when strict), 0 elsewhere; the exponent is masked
     /// before exp, so it is always ≤ 0.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void MaskDecay(float* X, float* gam, int n, int C, float s, bool strict)
     {
         for (int r = 0; r < n; r++)
@@ -140,6 +144,7 @@ internal static unsafe class GdnChunked
     }
 
     /// <summary>dst[0..n) = a·src[0..n).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ScaleRow(float* src, float a, float* dst, int n)
     {
         for (int i = 0; i < n; i++) dst[i] = a * src[i];

@@ -2,11 +2,13 @@
 // the forward is replayed to recompute γ, A, w, v_new and h_c per chunk, then a reverse scan over chunks
 // carries dh (the gradient w.r.t. the state at the end of the chunk) and produces every input gradient.
 // Exponents are differences γ_r − γ_j (r ≥ j), γ_r and γ_last − γ_r, all ≤ 0 (§3.4).
+using System.Runtime.CompilerServices;
 namespace TaylorCalibrate.Backend.Cpu;
 
 internal static unsafe class GdnChunkedBackward
 {
     /// <summary>dO (T, V); dht (K, V) or null. Gradients of q, k are w.r.t. the vectors in <paramref name="p"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Run(GdnHead p, int C, float scale, float[] dO, float[]? dht, GdnHeadGrads grads)
     {
         int T = p.T, K = p.K, V = p.V, NT = (T + C - 1) / C;

@@ -1,6 +1,7 @@
 // One (batch, head) problem of the gated delta rule (kernels.md §3.1), gathered from the strided
 // [B,T,H,D] activations into contiguous per-head buffers so that the recurrent and chunked kernels run on
 // dense [T,D] rows; plus the in-kernel L2 norm of q and k (§3.4) and its backward.
+using System.Runtime.CompilerServices;
 namespace TaylorCalibrate.Backend.Cpu;
 
 /// <summary>The inputs of one (b, h) gated-delta-rule problem, contiguous and (optionally) L2-normalised.</summary>
@@ -29,6 +30,7 @@ internal sealed class GdnHead
     }
 
     /// <summary>Gathers head (b, h) of q, k [B,T,H,K], v [B,T,H,V], g, beta [B,T,H], h0 [B,H,K,V].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static GdnHead Gather(float[] q, float[] k, float[] v, float[] g, float[] beta, float[]? h0,
                                  int b, int h, int T, int H, int K, int V, bool l2)
     {
@@ -52,6 +54,7 @@ internal sealed class GdnHead
     }
 
     /// <summary>dst (T, D) = rows of head (b, h) of src (B, T, H, D).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void GatherRows(float[] src, float[] dst, int b, int h, int T, int H, int D)
     {
         for (int t = 0; t < T; t++)
@@ -59,6 +62,7 @@ internal sealed class GdnHead
     }
 
     /// <summary>Rows of head (b, h) of dst (B, T, H, D) = src (T, D).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ScatterRows(float[] src, float[] dst, int b, int h, int T, int H, int D)
     {
         for (int t = 0; t < T; t++)
@@ -66,12 +70,14 @@ internal sealed class GdnHead
     }
 
     /// <summary>dst[b, t, h] = src[t] for a [B,T,H] gate tensor.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ScatterGate(float[] src, float[] dst, int b, int h, int T, int H)
     {
         for (int t = 0; t < T; t++) dst[((long)b * T + t) * H + h] = src[t];
     }
 
     // y = x·rstd, rstd = (Σx² + eps)^−½, per row of length D; fp32 sum of squares.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void L2Normalise(float[] x, float[] rstd, int T, int D)
     {
         for (int t = 0; t < T; t++)
@@ -89,6 +95,7 @@ internal sealed class GdnHead
     /// In place: dy (T, D), the gradient w.r.t. the normalised rows y, becomes the gradient w.r.t. the raw
     /// rows: dx = rstd·(dy − (dy·y)·y).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void L2NormBackward(float[] dy, float[] y, float[] rstd, int T, int D)
     {
         for (int t = 0; t < T; t++)

@@ -2,6 +2,7 @@
 // Maths: kernels.md §3.1. The state S is [K,V] row-major (row i = key coordinate i), fp32, and every token
 // step sweeps its rows twice with Vector256 over the V columns, so S (≤ 256 KiB at K = V = 256, 16 KiB at
 // 64) stays in L1/L2.
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace TaylorCalibrate.Backend.Cpu;
@@ -12,6 +13,7 @@ internal static unsafe class GdnRecurrent
     /// o (T, V) = outputs; state (K, V) holds h0 (or zeros) on entry and the final state on exit.
     /// With o null the steps only advance the state (recomputation in the backward).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Forward(GdnHead p, int t0, int t1, float scale, float* S, float* o, float* work)
     {
         int K = p.K, V = p.V;
@@ -43,6 +45,7 @@ internal static unsafe class GdnRecurrent
     }
 
     // row ← decay·row; acc += a·row
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void DecayAndAccumulate(float* row, float decay, float a, float* acc, int n)
     {
         var vd = Vector256.Create(decay);
@@ -63,6 +66,7 @@ internal static unsafe class GdnRecurrent
     }
 
     // row ← row + a·u; acc += c·row
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void UpdateAndRead(float* row, float a, float* u, float c, float* acc, int n)
     {
         var va = Vector256.Create(a);
@@ -87,6 +91,7 @@ internal static unsafe class GdnRecurrent
     /// states are replayed forward into a buffer and walked backwards. dht (K, V) may be null.
     /// Gradients of q, k are w.r.t. the (normalised) vectors in <paramref name="p"/>.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Backward(GdnHead p, float[] dO, float[]? dht, float scale, GdnHeadGrads grads)
     {
         int T = p.T, K = p.K, V = p.V, KV = K * V;
@@ -128,6 +133,7 @@ internal static unsafe class GdnRecurrent
     }
 
     // One reverse step at token t. prev = S_{t−1} (K, V); dS (K, V) = dL/dS_t on entry, dL/dS_{t−1} on exit.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Step(GdnHead p, int t, float* prev, float* dS, float* dOt, float scale, GdnHeadGrads grads, float* work)
     {
         int K = p.K, V = p.V;
@@ -175,6 +181,7 @@ internal static unsafe class GdnRecurrent
     }
 
     // Returns prev_i·dO (the caller multiplies by decay); kS += k_i·decay·prev_i; du += k_i·dS_i.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float PassA(float* prev, float* dS, float decay, float ki, float* kS, float* du, float* dO, int n)
     {
         var vk = Vector256.Create(ki);
@@ -200,6 +207,7 @@ internal static unsafe class GdnRecurrent
 
     // Row i of the reverse step: d = dS_i + sq·dO; dSu = d·u; S′ = decay·prev; spdu = S′·du;
     // dS′ = d − bk·du; spdsp = S′·dS′; dS_i ← decay·dS′.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void PassB(float* prev, float* dS, float decay, float sq, float bk, float* dO, float* u, float* du, int n,
                       out float dSu, out float spdu, out float spdsp)
     {
