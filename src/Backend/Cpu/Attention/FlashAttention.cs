@@ -55,7 +55,7 @@ internal static unsafe partial class FlashAttention
     {
         int D = d.D, T = d.T, hk = h / d.Group, nr = i1 - i0;
         int qStride = d.H * D, kvStride = d.Hkv * D;
-        var work = new float[BR * D + D * BC + BR * BC + 4 * BR];
+        var work = Workspace.Get(Workspace.Slot.Tile, BR * D + D * BC + BR * BC + 4 * BR);
         fixed (float* qp = q, kp = k, vp = v, op = o, wk = work)
         {
             float* acc = wk;                  // (BR, D) un-normalised output
@@ -66,6 +66,7 @@ internal static unsafe partial class FlashAttention
             float* sD = l + BR;               // (BR) running Σe^{s−m}·D_ij
             float* sS = sD + BR;              // (BR) running Σe^{s−m}·s_ij
             new Span<float>(m, BR).Fill(MInit);
+            new Span<float>(l, 3 * BR).Clear();   // l, sD, sS (the tile buffer is reused, see Workspace)
             float* qb = qp + ((long)(b * T + i0) * d.H + h) * D;
             for (int j0 = 0; j0 < i1; j0 += BC)       // blocks right of the diagonal are skipped
             {

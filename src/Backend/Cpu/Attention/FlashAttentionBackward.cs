@@ -68,7 +68,7 @@ internal static unsafe partial class FlashAttention
         int kb = item % nB, bk = item / nB, b = bk / d.Hkv, hk = bk % d.Hkv;
         int j0 = kb * BC, nc = Math.Min(BC, T - j0);
         int qStride = d.H * D, kvStride = d.Hkv * D;
-        var work = new float[2 * D * BC + 2 * BR * BC + 2 * BC * D];
+        var work = Workspace.Get(Workspace.Slot.Tile, 2 * D * BC + 2 * BR * BC + 2 * BC * D);
         fixed (float* qp = q, kp = k, vp = v, lp = lse, dop = dO, dlp = delta, dkp = dk, dvp = dv, wk = work)
         {
             float* kT = wk;                 // (D, BC)
@@ -109,7 +109,7 @@ internal static unsafe partial class FlashAttention
         int qb = item % nB, bh = item / nB, b = bh / d.H, h = bh % d.H, hk = h / d.Group;
         int i0 = qb * BR, nr = Math.Min(BR, T - i0), i1 = i0 + nr;
         int qStride = d.H * D, kvStride = d.Hkv * D;
-        var work = new float[2 * D * BC + 2 * BR * BC + BR * D];
+        var work = Workspace.Get(Workspace.Slot.Tile, 2 * D * BC + 2 * BR * BC + BR * D);
         fixed (float* qp = q, kp = k, vp = v, lp = lse, dop = dO, dlp = delta, dqp = dq, wk = work)
         {
             float* kT = wk;                 // (D, BC)

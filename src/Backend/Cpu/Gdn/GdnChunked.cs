@@ -8,11 +8,12 @@ namespace TaylorCalibrate.Backend.Cpu;
 /// <summary>What the chunked forward keeps for the backward (recomputed there, never returned to callers).</summary>
 internal sealed class GdnChunkSaved(int T, int C, int K, int V)
 {
-    public readonly float[] Gamma = new float[T];                        // (T)        local cumsum of g per chunk
-    public readonly float[] A = new float[(long)((T + C - 1) / C) * C * C]; // (NT, C, C) (I + L)⁻¹
-    public readonly float[] W = new float[(long)T * K];                  // (T, K)     w = A·(K ⊙ βe^γ)
-    public readonly float[] VNew = new float[(long)T * V];               // (T, V)     u − w·h_c
-    public readonly float[] H = new float[(long)((T + C - 1) / C) * K * V]; // (NT, K, V) state at chunk start
+    // per-thread buffers (see Workspace), fully written by the forward
+    public readonly float[] Gamma = Workspace.Get(Workspace.Slot.SavedGamma, T);                         // (T)        local cumsum of g per chunk
+    public readonly float[] A = Workspace.Get(Workspace.Slot.SavedA, (long)((T + C - 1) / C) * C * C);  // (NT, C, C) (I + L)⁻¹
+    public readonly float[] W = Workspace.Get(Workspace.Slot.SavedW, (long)T * K);                       // (T, K)     w = A·(K ⊙ βe^γ)
+    public readonly float[] VNew = Workspace.Get(Workspace.Slot.SavedVNew, (long)T * V);                 // (T, V)     u − w·h_c
+    public readonly float[] H = Workspace.Get(Workspace.Slot.SavedH, (long)((T + C - 1) / C) * K * V);  // (NT, K, V) state at chunk start
 }
 
 /// <summary>Bump allocator over one pinned float buffer (per-worker scratch of the chunked kernels).</summary>
@@ -33,7 +34,7 @@ internal static unsafe class GdnChunked
     {
         int T = p.T, K = p.K, V = p.V, NT = (T + C - 1) / C;
         long KV = (long)K * V;
-        var work = new float[C + 3L * K * C + 3L * C * C + 2L * C * V];
+        var work = Workspace.Get(Workspace.Slot.Scratch, C + 3L * K * C + 3L * C * C + 2L * C * V);
         var oDummy = o ?? [];
         var gs = saved?.Gamma ?? [];
         var As = saved?.A ?? [];

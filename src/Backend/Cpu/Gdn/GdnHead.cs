@@ -16,6 +16,7 @@ internal sealed class GdnHead
     public readonly float[]? RstdQ; // (T)     1/√(Σq² + 1e-6), saved for the backward
     public readonly float[]? RstdK; // (T)
     public readonly float[]? H0;    // (K, V)  initial state, null = zero
+    // (buffers may be longer than stated; only the stated prefix is meaningful)
 
     /// <summary>Eps of the in-kernel L2 norm, inside the square root (fla's convention).</summary>
     public const float L2Eps = 1e-6f;
@@ -23,10 +24,11 @@ internal sealed class GdnHead
     GdnHead(int t, int k, int v, bool l2, bool hasH0)
     {
         T = t; K = k; V = v;
-        Q = new float[t * k]; Kx = new float[t * k]; Vx = new float[t * v];
-        G = new float[t]; Beta = new float[t];
-        if (l2) { RstdQ = new float[t]; RstdK = new float[t]; }
-        if (hasH0) H0 = new float[k * v];
+        // per-thread buffers (see Workspace): every element up to the stated length is written by Gather
+        Q = Workspace.Get(Workspace.Slot.HeadQ, (long)t * k); Kx = Workspace.Get(Workspace.Slot.HeadK, (long)t * k); Vx = Workspace.Get(Workspace.Slot.HeadV, (long)t * v);
+        G = Workspace.Get(Workspace.Slot.HeadG, t); Beta = Workspace.Get(Workspace.Slot.HeadBeta, t);
+        if (l2) { RstdQ = Workspace.Get(Workspace.Slot.HeadRstdQ, t); RstdK = Workspace.Get(Workspace.Slot.HeadRstdK, t); }
+        if (hasH0) H0 = Workspace.Get(Workspace.Slot.HeadH0, (long)k * v);
     }
 
     /// <summary>Gathers head (b, h) of q, k [B,T,H,K], v [B,T,H,V], g, beta [B,T,H], h0 [B,H,K,V].</summary>
@@ -122,7 +124,8 @@ internal sealed class GdnHeadGrads
 
     public GdnHeadGrads(int T, int K, int V)
     {
-        DQ = new float[T * K]; DK = new float[T * K]; DV = new float[T * V];
-        DG = new float[T]; DBeta = new float[T]; DH0 = new float[K * V];
+        // per-thread buffers (see Workspace): both kernels write every element up to the stated length
+        DQ = Workspace.Get(Workspace.Slot.GradQ, (long)T * K); DK = Workspace.Get(Workspace.Slot.GradK, (long)T * K); DV = Workspace.Get(Workspace.Slot.GradV, (long)T * V);
+        DG = Workspace.Get(Workspace.Slot.GradG, T); DBeta = Workspace.Get(Workspace.Slot.GradBeta, T); DH0 = Workspace.Get(Workspace.Slot.GradH0, (long)K * V);
     }
 }

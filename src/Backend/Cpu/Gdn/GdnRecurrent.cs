@@ -98,23 +98,22 @@ internal static unsafe class GdnRecurrent
         // Segment length: the replay buffer holds seg states; cap it at ~4 MiB per worker.
         int seg = Math.Clamp((1 << 20) / KV, 1, 64);
         int nSeg = (T + seg - 1) / seg;
-        var checkpoints = new float[(long)nSeg * KV];  // (nSeg, K, V) state before token s·seg
-        var replay = new float[(long)seg * KV];        // (seg, K, V)  state before each token of a segment
-        var dS = new float[KV];                        // (K, V) gradient w.r.t. the current state
-        var work = new float[6 * V + 2 * K];
+        var checkpoints = Workspace.Get(Workspace.Slot.Checkpoints, (long)nSeg * KV);  // (nSeg, K, V) state before token s·seg
+        var replay = Workspace.Get(Workspace.Slot.Replay, (long)seg * KV);             // (seg, K, V)  state before each token of a segment
+        var dS = Workspace.Get(Workspace.Slot.DState, KV);                             // (K, V) gradient w.r.t. the current state
+        var S = Workspace.Get(Workspace.Slot.State, KV);                               // (K, V) state of the forward sweep
+        var work = Workspace.Get(Workspace.Slot.ScratchBackward, 6 * V + 2 * K);
         fixed (float* ck = checkpoints, rp = replay, ds = dS, wk = work)
         {
             // forward sweep, saving checkpoints
-            if (p.H0 is not null) p.H0.AsSpan().CopyTo(checkpoints);
-            var S = new float[KV];
-            if (p.H0 is not null) p.H0.AsSpan().CopyTo(S);
+            if (p.H0 is null) S.AsSpan(0, KV).Clear(); else p.H0.AsSpan(0, KV).CopyTo(S);
             fixed (float* s = S)
                 for (int sg = 0; sg < nSeg; sg++)
                 {
                     new Span<float>(s, KV).CopyTo(new Span<float>(ck + (long)sg * KV, KV));
                     Forward(p, sg * seg, Math.Min(T, (sg + 1) * seg), scale, s, null, wk);
                 }
-            if (dht is not null) dht.AsSpan().CopyTo(dS);
+            if (dht is null) dS.AsSpan(0, KV).Clear(); else dht.AsSpan(0, KV).CopyTo(dS);
             fixed (float* dOp = dO)
                 for (int sg = nSeg - 1; sg >= 0; sg--)
                 {
@@ -129,7 +128,7 @@ internal static unsafe class GdnRecurrent
                     for (int t = b - 1; t >= a; t--) Step(p, t, rp + (long)(t - a) * KV, ds, dOp + (long)t * V, scale, grads, wk);
                 }
         }
-        dS.AsSpan().CopyTo(grads.DH0);
+        dS.AsSpan(0, KV).CopyTo(grads.DH0);
     }
 
     // One reverse step at token t. prev = S_{t−1} (K, V); dS (K, V) = dL/dS_t on entry, dL/dS_{t−1} on exit.
