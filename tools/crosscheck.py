@@ -81,6 +81,20 @@ def attention_ref(q, k, v, scale):
             lse[b, h] = (m + np.log(l))[:, 0]
     return o, lse
 
+def attention_stats_ref(q, k, scale):
+    """Per head: mean over rows of Σ_j A_ij·max(i−j, 0.5) and of −Σ_j A_ij ln A_ij (method.md §5.1)."""
+    B, T, H, D = q.shape; Hkv = k.shape[2]; g = H // Hkv
+    dist = np.maximum(np.arange(T)[:, None] - np.arange(T)[None, :], 0.5)
+    md, ent = np.zeros((B, H)), np.zeros((B, H))
+    mask = np.tril(np.ones((T, T), bool))
+    for b in range(B):
+        for h in range(H):
+            s = np.where(mask, scale * q[b, :, h] @ k[b, :, h // g].T, -np.inf)
+            p = np.exp(s - s.max(axis=1, keepdims=True)); p /= p.sum(axis=1, keepdims=True)
+            md[b, h] = (np.where(mask, p * dist, 0)).sum(axis=1).mean()
+            ent[b, h] = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0)).sum(axis=1).mean()
+    return md, ent
+
 def gdn_ref(q, k, v, g, beta, h0, scale, l2norm):
     B, T, H, K = q.shape; V = v.shape[3]
     if l2norm:
@@ -119,12 +133,14 @@ def case_attention(cli, device, wd, rng):
         q, k, v = (rng.normal(0, 1, s).astype(np.float32) for s in [(B, T, H, D), (B, T, Hkv, D), (B, T, Hkv, D)])
         do = rng.normal(0, 1, (B, T, H, D)).astype(np.float32)
         scale = 1 / np.sqrt(D)
-        out = run_op(cli, device, "attention", {"q": q, "k": k, "v": v, "do": do}, ["--backward"], wd)
+        out = run_op(cli, device, "attention", {"q": q, "k": k, "v": v, "do": do}, ["--backward", "--stats"], wd)
         q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
         o, lse = attention_ref(q64, k64, v64, scale)
+        md, ent = attention_stats_ref(q64, k64, scale)
         name = f"attention B{B} T{T} H{H}/{Hkv} D{D}"
         # fp32 softmax attention against float64: ~1e-7 relative per element, a few × that after sums.
-        results += [(name, "o", rel_rms(o, out["o"]), 1e-5), (name, "lse", rel_rms(lse, out["lse"]), 1e-5)]
+        results += [(name, "o", rel_rms(o, out["o"]), 1e-5), (name, "lse", rel_rms(lse, out["lse"]), 1e-5),
+                    (name, "mean_distance", rel_rms(md, out["mean_distance"]), 1e-5), (name, "entropy", rel_rms(ent, out["entropy"]), 1e-5)]
         if B * T * H * D <= 7 * 4 * 8 + 1:  # FD is O(n²): only on the small case
             loss = lambda: float((attention_ref(q64, k64, v64, scale)[0] * do).sum())
             for nm, x in (("dq", q64), ("dk", k64), ("dv", v64)):
@@ -176,7 +192,7 @@ def main():
                 ok = err < tol
                 bad += not ok
                 rows.append({"device": a.device, "case": case, "tensor": tensor, "rel_rms": err, "tolerance": tol, "ok": ok})
-                print(f"{'ok  ' if ok else 'FAIL'} {a.device:16s} {case:48s} {tensor:6s} rel-RMS {err:.2e} (< {tol:.0e})")
+                print(f"{'ok  ' if ok else 'FAIL'} {a.device:16s} {case:48s} {tensor:13s} rel-RMS {err:.2e} (< {tol:.0e})")
     if a.json:
         tmp = a.json + ".tmp"
         with open(tmp, "w") as f: json.dump(rows, f, indent=1)
