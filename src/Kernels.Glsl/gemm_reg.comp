@@ -58,12 +58,17 @@ void main() {
                 for (uint j = 0u; j < TN4; j++) bk[kk][j] = loadB4n(baseB, k + kk, n0 + 4u * j);
         }
         if (TRANS_A) {
-            for (uint q = 0u; q < BM / 4u; q++)
-                for (uint kk = 0u; kk < 4u; kk++) {
-                    vec4 av = subgroupBroadcast(at[kk][q / SG], q % SG);   // op(A)[m0 + 4q .. +3, k + kk]
-                    for (uint c = 0u; c < 4u; c++)
-                        for (uint j = 0u; j < TN4; j++) acc[4u * q + c][j] += av[c] * bk[kk][j];
-                }
+            // Rows over k first (register transpose of the broadcast 4-row runs), then the same FMA loop as
+            // below: keeping that loop's body small lets the driver unroll it and keep acc in registers.
+            vec4 arow[BM];                                              // arow[i] = op(A)[m0 + i, k..k+3]
+            for (uint q = 0u; q < BM / 4u; q++) {
+                vec4 v0 = subgroupBroadcast(at[0][q / SG], q % SG), v1 = subgroupBroadcast(at[1][q / SG], q % SG);
+                vec4 v2 = subgroupBroadcast(at[2][q / SG], q % SG), v3 = subgroupBroadcast(at[3][q / SG], q % SG);
+                for (uint c = 0u; c < 4u; c++) arow[4u * q + c] = vec4(v0[c], v1[c], v2[c], v3[c]);
+            }
+            for (uint i = 0u; i < BM; i++)
+                for (uint kk = 0u; kk < 4u; kk++)
+                    for (uint j = 0u; j < TN4; j++) acc[i][j] += arow[i][kk] * bk[kk][j];
         } else {
             for (uint i = 0u; i < BM; i++) {
                 vec4 av = subgroupBroadcast(ar[i / SG], i % SG);   // op(A)[m0 + i, k..k+3]
