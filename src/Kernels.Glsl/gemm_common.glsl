@@ -44,6 +44,13 @@ vec4 loadA4k(uint base, uint m, uint k) {
     return vec4(loadA1(base, m, k), loadA1(base, m, k + 1u), loadA1(base, m, k + 2u), loadA1(base, m, k + 3u));
 }
 
+// op(A)[m..m+3, k]: contiguous in memory when A is transposed.
+vec4 loadA4m(uint base, uint m, uint k) {
+    if (TRANS_A && (args.flags & 1u) != 0u && k < args.K && m + 4u <= args.M)
+        return a4[(base + k * args.lda + m) >> 2];
+    return vec4(loadA1(base, m, k), loadA1(base, m + 1u, k), loadA1(base, m + 2u, k), loadA1(base, m + 3u, k));
+}
+
 // op(B)[k, n..n+3]: contiguous when B is not transposed.
 vec4 loadB4n(uint base, uint k, uint n) {
     if (!TRANS_B && (args.flags & 2u) != 0u && k < args.K && n + 4u <= args.N)

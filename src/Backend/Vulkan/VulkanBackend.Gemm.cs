@@ -5,6 +5,9 @@
 // - gemm_tiled.comp: shared-memory tiles, for GPUs; no subgroup ops, so any subgroup size works.
 // Each operand is bound from its first touched element (rounded down to 16 bytes, so vec4 loads stay
 // aligned) to its extent; a batch whose ranges exceed one binding is processed in batch chunks.
+// Split-K (kernels.md §1, after llama.cpp): when K ≥ 2048 and the output tiles fill at most half the
+// cores, the K range is cut into ≤ 8 slices (multiples of 256) whose products go to a scratch buffer, and
+// gemm_splitk.comp sums them in slice order (deterministic) into C = α·ΣP + β·C.
 using System.Runtime.InteropServices;
 
 namespace TaylorCalibrate.Backend.Vulkan;
@@ -31,8 +34,21 @@ internal struct GemmArgs
     public uint Pad;
 }
 
+/// <summary>Push constants of gemm_splitk.comp.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct SplitKArgs
+{
+    public uint M, N, Batch, Splits, Slice;
+    public uint Ldc, OffC, StrideC;
+    public float Alpha, Beta;
+}
+
 public sealed unsafe partial class VulkanBackend
 {
+    /// <summary>Parallel workgroup slots assumed for split-K decisions: the cores of a CPU device; 32 for a GPU
+    /// (core counts need vendor extensions). Settable for tests.</summary>
+    internal int SplitKCores { get; set; }
+
     /// <summary>The GEMM kernel in use (settable for tests of both variants on one device).</summary>
     internal GemmKernel GemmVariant { get; set; }
 
@@ -94,6 +110,57 @@ public sealed unsafe partial class VulkanBackend
 
     void GemmChunk(VulkanTensor a, VulkanTensor b, VulkanTensor c, in GemmSpec s, long b0, long count)
     {
+        // The chunk as a spec of its own: offsets moved to batch b0, every leading dimension and stride explicit.
+        var p = s with
+        {
+            Batch = (int)count, Lda = s.LdaResolved, Ldb = s.LdbResolved, Ldc = s.LdcResolved,
+            StrideA = s.StrideAResolved, StrideB = s.StrideBResolved, StrideC = s.StrideCResolved,
+            OffsetA = s.OffsetA + b0 * s.StrideAResolved, OffsetB = s.OffsetB + b0 * s.StrideBResolved, OffsetC = s.OffsetC + b0 * s.StrideCResolved,
+        };
+        var (bm, bn) = GemmVariant == GemmKernel.Registers ? (Math.Max(32u, ctx.SubgroupSize), ctx.SubgroupSize * 8) : (64u, 64u);
+        long tiles = (long)Ceil(p.M, bm) * Ceil(p.N, bn) * p.Batch;
+        int cores = SplitKCores > 0 ? SplitKCores : ctx.IsCpu ? Environment.ProcessorCount : 32;
+        long align = Math.Max(16L, (long)ctx.MinStorageBufferOffsetAlignment) / 4;   // binding offsets, in elements
+        long slice = ((long)p.Batch * p.M * p.N + align - 1) / align * align;
+        if (p.K < 2048 || tiles * 2 > cores)
+        {
+            GemmDispatch(a, b, c, p);
+            return;
+        }
+        long splits = Math.Min(8, cores / tiles);
+        long kChunk = (p.K + splits - 1) / splits;
+        kChunk = (kChunk + 255) / 256 * 256;
+        splits = (p.K + kChunk - 1) / kChunk;
+        if (splits <= 1 || (ulong)(splits * slice * 4) > BindingLimit)
+        {
+            GemmDispatch(a, b, c, p);
+            return;
+        }
+        using var partial = Scratch(splits * slice);
+        for (long sIdx = 0; sIdx < splits; sIdx++)
+        {
+            long k0 = sIdx * kChunk;
+            int ks = (int)Math.Min(kChunk, p.K - k0);
+            GemmDispatch(a, b, partial, p with
+            {
+                K = ks, Alpha = 1f, Beta = 0f, Ldc = p.N, StrideC = (long)p.M * p.N, OffsetC = sIdx * slice,
+                OffsetA = p.OffsetA + (p.TransA ? k0 * p.Lda : k0), OffsetB = p.OffsetB + (p.TransB ? k0 : k0 * p.Ldb),
+            });
+        }
+        long cFirst = p.OffsetC / align * align;
+        var args = new SplitKArgs
+        {
+            M = (uint)p.M, N = (uint)p.N, Batch = (uint)p.Batch, Splits = (uint)splits, Slice = (uint)slice,
+            Ldc = (uint)p.Ldc, OffC = (uint)(p.OffsetC - cFirst), StrideC = (uint)(p.Batch > 1 ? p.StrideC : 0), Alpha = p.Alpha, Beta = p.Beta,
+        };
+        Launch("gemm_splitk", [ElementwiseWg], [Read(partial, "split-K partials"), Bind(c, "c", true, cFirst, p.ExtentC - cFirst)], args,
+            Math.Min(Ceil((long)p.Batch * p.M * p.N, ElementwiseWg), 4096u));
+    }
+
+    /// <summary>One GEMM dispatch of <paramref name="s"/> (whose ranges fit one binding each).</summary>
+    void GemmDispatch(VulkanTensor a, VulkanTensor b, VulkanTensor c, in GemmSpec s)
+    {
+        long b0 = 0, count = s.Batch;
         long align = Math.Max(16L, (long)ctx.MinStorageBufferOffsetAlignment) / 4;
         (Binding Bind, uint Local) Operand(VulkanTensor t, string name, bool write, (long First, long End) r)
         {

@@ -400,3 +400,20 @@ let ops =
             Numeric.close 1e-6 1e-6 (Array.create 30 (3.0 / (total + 1e-6))) (g1.ToArray()) "below the limit: unchanged"
         }
     ]
+
+[<Tests>]
+let splitK =
+    testSequenced <| testList "VulkanInfra gemm split-K" [
+        test "long K with few tiles: slices summed into α·ΣP + β·C, batch 2, offsets" {
+            let be = vk ()
+            let saved = be.SplitKCores
+            be.SplitKCores <- 16
+            try
+                let d0 = be.Recorder.TotalDispatches
+                runGemm be (GemmSpec(20, 30, 2100, TransA = true, Alpha = 0.5f, Beta = 1.0f)) 80
+                // 2100 = 5 slices of 512 (8 requested, rounded to 256) + the reduction
+                Expect.equal (be.Recorder.TotalDispatches - d0) 6L "split into 5 slices + 1 reduction"
+                runGemm be (GemmSpec(9, 7, 2500, TransB = true, Batch = 2, OffsetA = 3L, OffsetC = 1L)) 81
+            finally be.SplitKCores <- saved
+        }
+    ]
