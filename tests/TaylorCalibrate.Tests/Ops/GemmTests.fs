@@ -63,7 +63,8 @@ let private strided (be: IBackend) (spec: GemmSpec) (seed: int) =
 
 [<Tests>]
 let tests =
-    testList "Ops.Gemm" [
+    // Sequenced: the backends are shared by the whole run and are not thread-safe (one caller at a time).
+    testSequenced <| testList "Ops.Gemm" [
         for h in Backends.all ->
             testList h.Name [
                 testList "shapes" [
