@@ -161,7 +161,8 @@ let private errorTests (h: Backends.BackendHandle) =
 
 [<Tests>]
 let tests =
-    testList "Ops.Elementwise" [
+    // Sequenced: the backends are shared by the whole run and are not thread-safe (one caller at a time).
+    testSequenced <| testList "Ops.Elementwise" [
         for h in Backends.all ->
             testList h.Name [
                 testList "arithmetic" [ for s in shapes do yield! binaryTests h s ]

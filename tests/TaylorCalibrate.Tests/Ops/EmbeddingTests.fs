@@ -107,7 +107,8 @@ let private errorTests (h: Backends.BackendHandle) =
 
 [<Tests>]
 let tests =
-    testList "Ops.Embedding" [
+    // Sequenced: the backends are shared by the whole run and are not thread-safe (one caller at a time).
+    testSequenced <| testList "Ops.Embedding" [
         for h in Backends.all ->
             testList h.Name [
                 testList "gather and scatter" [ for c in cases do yield! embeddingTests h c ]

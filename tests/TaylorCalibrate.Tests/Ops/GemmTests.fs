@@ -63,11 +63,12 @@ let private strided (be: IBackend) (spec: GemmSpec) (seed: int) =
 
 [<Tests>]
 let tests =
-    testList "Ops.Gemm" [
+    // Sequenced: the backends are shared by the whole run and are not thread-safe (one caller at a time).
+    testSequenced <| testList "Ops.Gemm" [
         for h in Backends.all ->
             testList h.Name [
                 testList "shapes" [
-                    for m, n, k in [ 1, 1, 1; 7, 13, 5; 37, 53, 29; 65, 127, 33; 130, 67, 259 ] do
+                    for m, n, k in [ 1, 1, 1; 7, 13, 5; 37, 53, 29; 65, 127, 33; 130, 67, 259; 1, 67, 259; 130, 1, 33 ] do
                     for t in transposes ->
                         test $"{m}x{n}x{k} {flags t}" { plain (h.Get()) (GemmSpec(m, n, k, fst t, snd t)) (m + n + k) } ]
                 testList "alpha beta" [
@@ -79,6 +80,15 @@ let tests =
                 testList "long K (split-K, weight-gradient shape dW = dYᵀ·X)" [
                     for m, n, k in [ 5, 7, 3001; 33, 17, 4099 ] ->
                         test $"{m}x{n}x{k} TN beta=1" { plain (h.Get()) (GemmSpec(m, n, k, true, false, 1.0f, 1.0f)) k } ]
+                testList "K = 0" [
+                    for t in transposes ->
+                        test $"7x13x0 {flags t} alpha=2 beta=0.5 scales C by beta" {
+                            let be = h.Get()
+                            let spec = GemmSpec(7, 13, 0, fst t, snd t, 2.0f, 0.5f)
+                            let c = Rand.normal 5 1.0 91
+                            // nothing of A and B is addressed; one-element buffers stand in for them
+                            let actual = runGemm be spec ([| 1.0f |], [| 1 |]) ([| 1.0f |], [| 1 |]) (c, [| 7; 13 |])
+                            checkC spec [| 1.0f |] [| 1.0f |] c actual } ]
                 testList "batched" [
                     for m, n, k in [ 7, 13, 5; 37, 29, 53 ] do
                     for t in transposes do

@@ -199,7 +199,8 @@ let private errorTests (h: Backends.BackendHandle) =
 
 [<Tests>]
 let tests =
-    testList "Ops.Loss" [
+    // Sequenced: the backends are shared by the whole run and are not thread-safe (one caller at a time).
+    testSequenced <| testList "Ops.Loss" [
         for h in Backends.all ->
             testList h.Name [
                 testList "softmax" [

@@ -136,7 +136,8 @@ let private errorTests (h: Backends.BackendHandle) =
 
 [<Tests>]
 let tests =
-    testList "Ops.Norm" [
+    // Sequenced: the backends are shared by the whole run and are not thread-safe (one caller at a time).
+    testSequenced <| testList "Ops.Norm" [
         for h in Backends.all ->
             testList h.Name [
                 testList "rmsnorm" [ for c in cases do yield! rmsNormTests h c ]

@@ -183,7 +183,8 @@ let private errorTests (h: Backends.BackendHandle) =
 
 [<Tests>]
 let tests =
-    testList "Ops.Optim" [
+    // Sequenced: the backends are shared by the whole run and are not thread-safe (one caller at a time).
+    testSequenced <| testList "Ops.Optim" [
         for h in Backends.all ->
             testList h.Name [
                 testList "reduce" (reduceTests h)

@@ -79,7 +79,8 @@ let private errorTests (h: Backends.BackendHandle) =
 
 [<Tests>]
 let tests =
-    testList "Ops.Rope" [
+    // Sequenced: the backends are shared by the whole run and are not thread-safe (one caller at a time).
+    testSequenced <| testList "Ops.Rope" [
         for h in Backends.all ->
             testList h.Name [
                 testList "rotate" [ for c in cases do yield! ropeTests h c ]
