@@ -12,11 +12,13 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Devices of ParseResults<DevicesCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Op of ParseResults<OpCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchCommand.Args>
+    | [<CliPrefix(CliPrefix.None)>] Demo of ParseResults<DemoCommand.Args>
     | [<AltCommandLine("-v")>] Verbose
     interface IArgParserTemplate with
         member c.Usage =
             match c with
             | Devices _ -> "list Vulkan devices and the CPU backend, marking the `auto` choice"
+            | Demo _ -> "the main job on built-in defaults (for now: devices and a checked GEMM)"
             | Bench _ -> "benchmark kernels (medians after warm-up); --json writes machine-readable records"
             | Op _ -> "run one kernel on named tensors of a safetensors file (cross-checking); `op --help` lists the ops"
             | Verbose -> "print stack traces of errors"
@@ -26,11 +28,14 @@ let private dispatch (results: ParseResults<Command>) =
     | Devices a -> DevicesCommand.run a
     | Op a -> OpCommand.run a
     | Bench a -> BenchCommand.run a
+    | Demo a -> DemoCommand.run a
     | Verbose -> usageError "no command given; see --help"
 
 [<EntryPoint>]
 let main argv =
     let verbose = argv |> Array.exists (fun a -> a = "--verbose" || a = "-v")
+    // Tables of Spectre.Console shrink to 80 columns when output is redirected; logs read better wider.
+    if Console.IsOutputRedirected then Spectre.Console.AnsiConsole.Profile.Width <- 200
     let parser = ArgumentParser.Create<Command>(programName = "taylor-calibrate")
     try
         let results = parser.ParseCommandLine(argv, raiseOnUsage = true)

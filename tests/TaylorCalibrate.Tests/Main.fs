@@ -17,7 +17,9 @@ let main argv =
                 counts <- Some(summary.passed.Length, summary.failed.Length + summary.errored.Length, summary.ignored.Length)
                 basePrinter.summary cfg summary }
     let rc =
-        try runTestsInAssemblyWithCLIArgs [ CLIArguments.Printer printer ] argv
+        // Sequenced: the backends are shared by all tests and IBackend is one-caller-at-a-time (see its doc);
+        // lavapipe already uses every core, so parallel tests would gain little anyway.
+        try runTestsInAssemblyWithCLIArgs [ CLIArguments.Printer printer; CLIArguments.Sequenced ] argv
         finally
             Backends.cpu.Dispose()
             Backends.vulkan.Dispose()

@@ -32,6 +32,11 @@ type Args =
     | Beta2 of float32
     | Adam_Eps of float32
     | Max_Norm of float32
+    | Stats
+    | Probs
+    | L2norm_Qk
+    | Mode of GdnModeArg
+    | Chunk_Size of int
     interface IArgParserTemplate with
         member a.Usage =
             match a with
@@ -56,10 +61,20 @@ type Args =
             | Beta2 _ -> "adamw: β₂ (0.999)"
             | Adam_Eps _ -> "adamw: ε (1e-8)"
             | Max_Norm _ -> "clip-grad-norm: maximum global norm (1)"
+            | Stats -> "attention: also write the per-head mean attention distance and entropy"
+            | Probs -> "attention: also write the probabilities [B,H,T,T] (small T only)"
+            | L2norm_Qk -> "gdn: L2-normalise q and k inside the kernel (eps 1e-6)"
+            | Mode _ -> "gdn: chunk (default), recurrent, or auto (the faster on this device, by measurement)"
+            | Chunk_Size _ -> "gdn: chunk size 16, 32 or 64 (default 64)"
 
 and RopeLayoutArg =
     | Half
     | Adjacent
+
+and GdnModeArg =
+    | Chunk
+    | Recurrent
+    | Auto
 
 /// The per-op tensor names, appended to `op --help`.
 let opTable () =
@@ -95,7 +110,16 @@ let run (args: ParseResults<Args>) =
           Beta1 = args.GetResult(Beta1, d.Beta1)
           Beta2 = args.GetResult(Beta2, d.Beta2)
           AdamEps = args.GetResult(Adam_Eps, d.AdamEps)
-          MaxNorm = args.GetResult(Max_Norm, d.MaxNorm) }
+          MaxNorm = args.GetResult(Max_Norm, d.MaxNorm)
+          Stats = args.Contains Stats
+          Probs = args.Contains Probs
+          L2NormQK = args.Contains L2norm_Qk
+          GdnMode =
+            match args.GetResult(Mode, Chunk) with
+            | Chunk -> Some GdnMode.Chunked
+            | Recurrent -> Some GdnMode.Recurrent
+            | Auto -> None
+          ChunkSize = args.GetResult(Chunk_Size, d.ChunkSize) }
     let op = args.GetResult Name
     if not (OpRunner.catalogue |> List.exists (fst >> (=) op)) then
         let known = OpRunner.catalogue |> List.map fst |> String.concat ", "

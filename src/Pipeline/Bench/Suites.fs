@@ -6,7 +6,9 @@ open TaylorCalibrate.Pipeline.Bench.BenchCore
 
 /// name, what it measures, runner (reports each record as it completes).
 let all: (string * string * (IBackend -> BenchOptions -> (BenchRecord -> unit) -> BenchRecord list)) list =
-    [ "gemm", "fp32 GEMM GFLOP/s: square 256–2048 and LLM-layer shapes", GemmSuite.run ]
+    [ "gemm", "fp32 GEMM GFLOP/s: square 256–2048 and LLM-layer shapes", GemmSuite.run
+      "attention", "causal GQA softmax attention tokens/s, forward and forward+backward, T 512–8192", SequenceSuite.runAttention
+      "gdn", "gated delta rule tokens/s, chunked vs recurrent, forward and forward+backward, T 512–8192", SequenceSuite.runGdn ]
 
 let names = all |> List.map (fun (n, _, _) -> n)
 

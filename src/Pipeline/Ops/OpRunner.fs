@@ -30,12 +30,22 @@ type OpOptions =
       Beta1: float32
       Beta2: float32
       AdamEps: float32
-      MaxNorm: float32 }
+      MaxNorm: float32
+      /// attention: also write mean_distance and entropy [B,H].
+      Stats: bool
+      /// attention: also write probs [B,H,T,T].
+      Probs: bool
+      /// gdn: L2-normalise q and k inside the kernel.
+      L2NormQK: bool
+      /// gdn: chunked or recurrent; None = pick the faster by measurement (GdnModeSelector).
+      GdnMode: GdnMode option
+      ChunkSize: int }
 
 let defaultOptions =
     { TransA = false; TransB = false; Alpha = 1.0f; Beta = 0.0f; Eps = None; Scale = None; GradScale = None
       Backward = false; Layout = RopeLayout.HalfSplit; Theta = 10000.0; LearningRate = 1e-3f; Step = 1
-      WeightDecay = 0.01f; Beta1 = 0.9f; Beta2 = 0.999f; AdamEps = 1e-8f; MaxNorm = 1.0f }
+      WeightDecay = 0.01f; Beta1 = 0.9f; Beta2 = 0.999f; AdamEps = 1e-8f; MaxNorm = 1.0f
+      Stats = false; Probs = false; L2NormQK = false; GdnMode = Some GdnMode.Chunked; ChunkSize = 64 }
 
 /// One line per op: its name, inputs, outputs and flags (printed by `op --help`).
 let catalogue =
@@ -61,6 +71,8 @@ let catalogue =
       "sum-of-squares", "x -> y [1]"
       "max-abs", "x -> y [1]"
       "adamw", "param, grad, m, v -> param, m, v after one step. Flags: --lr --step --weight-decay --beta1 --beta2 --adam-eps"
+      "attention", "q [B,T,H,D], k [B,T,Hkv,D], v [B,T,Hkv,D] (H a multiple of Hkv) -> o [B,T,H,D], lse [B,H,T] (causal softmax, natural-log LSE);  --backward: + do [B,T,H,D] -> + dq, dk, dv;  --stats -> + mean_distance, entropy [B,H];  --probs -> + probs [B,H,T,T]. Flag: --scale (1/√D)"
+      "gdn", "q, k [B,T,H,K], v [B,T,H,V], g [B,T,H] (log decay ≤ 0), beta [B,T,H] (in [0,1]), optional h0 [B,H,K,V] -> o [B,T,H,V], ht [B,H,K,V];  --backward: + do [B,T,H,V], optional dht [B,H,K,V] -> + dq, dk, dv, dg, dbeta (+ dh0 with h0). Flags: --scale (1/√K) --l2norm-qk --mode chunk|recurrent|auto --chunk-size 16|32|64"
       "clip-grad-norm", "any tensors (the gradients) -> the same names scaled so the global norm ≤ max-norm, plus norm [1] (before clipping). Flag: --max-norm (1)" ]
 
 let private fail e = raise (InputException e)
@@ -298,6 +310,77 @@ let run (be: IBackend) (op: string) (opts: OpOptions) (source: string) (inputs: 
                     let spec = AdamWSpec(opts.LearningRate, opts.Step, opts.WeightDecay, opts.Beta1, opts.Beta2, opts.AdamEps)
                     be.AdamW(p, tensors[0], tensors[1], tensors[2], spec)
                     [ out "param" p; out "m" tensors[1]; out "v" tensors[2] ]
+                | "attention" ->
+                    let sq, sk, sv = inp.Shape "q", inp.Shape "k", inp.Shape "v"
+                    expectRank "q" 4 "[B,T,H,D]" sq
+                    expectRank "k" 4 "[B,T,Hkv,D]" sk
+                    let b, t, h, d, hkv = sq[0], sq[1], sq[2], sq[3], sk[2]
+                    expectShape "k" [| b; t; hkv; d |] sk
+                    expectShape "v" [| b; t; hkv; d |] sv
+                    if hkv = 0 || h % hkv <> 0 then
+                        fail (InvalidValue("k", $"has {hkv} kv heads; the {h} query heads of 'q' must be a multiple of it"))
+                    let q, k, v = upload "q", upload "k", upload "v"
+                    let scale = opts.Scale |> Option.defaultValue (1.0f / sqrt (float32 d))
+                    let o, lse = alloc sq, alloc [| b; h; t |]
+                    let stats = if opts.Stats then Some(alloc [| b; h; 2 |]) else None
+                    let probs = if opts.Probs then Some(alloc [| b; h; t; t |]) else None
+                    be.AttentionForward(q, k, v, o, lse, scale, Option.toObj stats, Option.toObj probs)
+                    let statOuts =
+                        match stats with
+                        | Some st ->
+                            let a = st.ToArray()
+                            [ "mean_distance", [| b; h |], Safetensors.F32(Array.init (b * h) (fun i -> a[2 * i]))
+                              "entropy", [| b; h |], Safetensors.F32(Array.init (b * h) (fun i -> a[2 * i + 1])) ]
+                        | None -> []
+                    let backOuts =
+                        if opts.Backward then
+                            let dO = upload "do"
+                            expectShape "do" sq dO.Shape
+                            let dq, dk, dv = alloc sq, alloc sk, alloc sv
+                            be.AttentionBackward(q, k, v, o, lse, dO, dq, dk, dv, scale)
+                            [ out "dq" dq; out "dk" dk; out "dv" dv ]
+                        else []
+                    [ out "o" o; out "lse" lse ] @ backOuts @ statOuts @ (probs |> Option.map (out "probs") |> Option.toList)
+                | "gdn" ->
+                    let sq = inp.Shape "q"
+                    expectRank "q" 4 "[B,T,H,K]" sq
+                    let b, t, h, kd = sq[0], sq[1], sq[2], sq[3]
+                    expectShape "k" sq (inp.Shape "k")
+                    let sv = inp.Shape "v"
+                    expectRank "v" 4 "[B,T,H,V]" sv
+                    expectShape "v" [| b; t; h; sv[3] |] sv
+                    let vd = sv[3]
+                    expectShape "g" [| b; t; h |] (inp.Shape "g")
+                    expectShape "beta" [| b; t; h |] (inp.Shape "beta")
+                    if inp.Has "h0" then expectShape "h0" [| b; h; kd; vd |] (inp.Shape "h0")
+                    if kd > 256 || vd > 256 then fail (InvalidValue("q", $"head sizes K={kd}, V={vd}: the kernels support K, V ≤ 256"))
+                    let gv, bv = inp.Floats "g", inp.Floats "beta"
+                    match gv |> Array.tryFindIndex (fun x -> x > 0.0f) with
+                    | Some i -> fail (InvalidValue("g", $"element {i} is {gv[i]}; g is a log decay and must be ≤ 0"))
+                    | None -> ()
+                    match bv |> Array.tryFindIndex (fun x -> x < 0.0f || x > 1.0f) with
+                    | Some i -> fail (InvalidValue("beta", $"element {i} is {bv[i]}; beta must lie in [0, 1]"))
+                    | None -> ()
+                    if not (List.contains opts.ChunkSize [ 16; 32; 64 ]) then
+                        fail (InvalidOption("--chunk-size", $"must be 16, 32 or 64, got {opts.ChunkSize}"))
+                    let q, k, v, g, beta = upload "q", upload "k", upload "v", upload "g", upload "beta"
+                    let h0 = if inp.Has "h0" then Some(upload "h0") else None
+                    let mode = opts.GdnMode |> Option.defaultWith (fun () -> GdnModeSelector.Choose(be, t, h, kd, vd))
+                    let spec = GdnSpec(opts.Scale |> Option.defaultValue (1.0f / sqrt (float32 kd)), opts.L2NormQK, mode, opts.ChunkSize)
+                    let o, ht = alloc [| b; t; h; vd |], alloc [| b; h; kd; vd |]
+                    be.GdnForward(q, k, v, g, beta, Option.toObj h0, o, ht, spec)
+                    let backOuts =
+                        if opts.Backward then
+                            let dO = upload "do"
+                            expectShape "do" [| b; t; h; vd |] dO.Shape
+                            let dht = if inp.Has "dht" then (let x = upload "dht" in expectShape "dht" [| b; h; kd; vd |] x.Shape; Some x) else None
+                            let dq, dk, dv = alloc sq, alloc sq, alloc sv
+                            let dg, db = alloc [| b; t; h |], alloc [| b; t; h |]
+                            let dh0 = h0 |> Option.map (fun x -> alloc x.Shape)
+                            be.GdnBackward(q, k, v, g, beta, Option.toObj h0, dO, Option.toObj dht, dq, dk, dv, dg, db, Option.toObj dh0, spec)
+                            [ out "dq" dq; out "dk" dk; out "dv" dv; out "dg" dg; out "dbeta" db ] @ (dh0 |> Option.map (out "dh0") |> Option.toList)
+                        else []
+                    [ out "o" o; out "ht" ht ] @ backOuts
                 | "clip-grad-norm" ->
                     let names = inp.Names
                     if names.IsEmpty then fail (InvalidValue("(inputs)", "clip-grad-norm needs at least one gradient tensor"))

@@ -34,3 +34,16 @@ let all = [ cpu; vulkan ]
 let useTensors (be: IBackend) (arrays: (float32[] * int[]) list) (f: Tensor list -> 'a) : 'a =
     let ts = arrays |> List.map (fun (a, shape) -> be.FromArray(a, shape))
     try f ts finally for t in ts do t.Dispose()
+
+/// Expects `f` to throw an ArgumentException whose message names `tensor` (as a whole word) and contains
+/// `shapeText` (the offending tensor's shape, e.g. "[4,7]"; pass "" to skip that part).
+let expectArgumentError (tensor: string) (shapeText: string) (f: unit -> unit) (what: string) =
+    let named (msg: string) = Text.RegularExpressions.Regex.IsMatch(msg, @"(^|\W)" + Text.RegularExpressions.Regex.Escape tensor + @"(\W|$)")
+    try
+        f ()
+        failtest $"{what}: no exception (expected an ArgumentException naming '{tensor}')"
+    with
+    | :? ArgumentException as e ->
+        if not (named e.Message) then failtest $"{what}: the message does not name tensor '{tensor}': {e.Message}"
+        if shapeText <> "" && not (e.Message.Contains shapeText) then
+            failtest $"{what}: the message does not give the shape {shapeText}: {e.Message}"
