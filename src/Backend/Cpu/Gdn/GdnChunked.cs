@@ -3,6 +3,7 @@
 // partial last chunk needs no masking of padded rows; exponents are always differences γ_r − γ_j with r ≥ j
 // (or γ_last − γ_r, γ_r), which are ≤ 0 for g ≤ 0.
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 namespace TaylorCalibrate.Backend.Cpu;
 
 /// <summary>What the chunked forward keeps for the backward (recomputed there, never returned to callers).</summary>
@@ -117,13 +118,10 @@ internal static unsafe class GdnChunked
             float* ar = A + (long)r * C;
             new Span<float>(ar, C).Clear();
             ar[r] = 1f;
-            float br = beta[t0 + r];
-            float* kkr = KK + (long)r * C;
+            float* lr = KK + (long)r * C;
+            DecayRow(lr, gam, gam[r], r, beta[t0 + r]);   // row r of L, in place of K Kᵀ
             for (int m = 0; m < r; m++)
-            {
-                float lrm = br * kkr[m] * MathF.Exp(gam[r] - gam[m]);
-                if (lrm != 0f) SmallMatrix.Axpy(-lrm, A + (long)m * C, ar, m + 1);
-            }
+                if (lr[m] != 0f) SmallMatrix.Axpy(-lr[m], A + (long)m * C, ar, m + 1);
         }
     }
 
@@ -137,17 +135,31 @@ internal static unsafe class GdnChunked
         for (int r = 0; r < n; r++)
         {
             float* xr = X + (long)r * C;
-            int last = strict ? r - 1 : r;
-            float gr = gam[r];
-            for (int j = 0; j <= last; j++) xr[j] *= s * MathF.Exp(gr - gam[j]);
-            for (int j = last + 1; j < n; j++) xr[j] = 0f;
+            int count = strict ? r : r + 1;
+            DecayRow(xr, gam, gam[r], count, s);
+            for (int j = count; j < n; j++) xr[j] = 0f;
         }
+    }
+
+    /// <summary>x[j] ← s·x[j]·e^{gr − γ_j} for j &lt; count (callers pass count ≤ r + 1, so exponents are ≤ 0).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void DecayRow(float* x, float* gam, float gr, int count, float s)
+    {
+        var vg = Vector256.Create(gr);
+        var vs = Vector256.Create(s);
+        int j = 0;
+        for (; j + 8 <= count; j += 8)
+            (Vector256.Load(x + j) * vs * Vector256.Exp(vg - Vector256.Load(gam + j))).Store(x + j);
+        for (; j < count; j++) x[j] *= s * MathF.Exp(gr - gam[j]);
     }
 
     /// <summary>dst[0..n) = a·src[0..n).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ScaleRow(float* src, float a, float* dst, int n)
     {
-        for (int i = 0; i < n; i++) dst[i] = a * src[i];
+        var va = Vector256.Create(a);
+        int i = 0;
+        for (; i + 8 <= n; i += 8) (Vector256.Load(src + i) * va).Store(dst + i);
+        for (; i < n; i++) dst[i] = a * src[i];
     }
 }

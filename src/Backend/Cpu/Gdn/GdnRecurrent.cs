@@ -26,22 +26,66 @@ internal static unsafe class GdnRecurrent
                 float* qt = q + (long)t * K, kt = k + (long)t * K, vt = v + (long)t * V;
                 float decay = MathF.Exp(p.G[t]);   // g ≤ 0, so no overflow
                 float beta = p.Beta[t];
+                // Columns of S are independent within a step, so blocks of 32 columns keep their
+                // accumulators (kS, o) in registers; the V % 32 tail columns go row by row.
+                int vb = V - V % 32;
                 // pass 1: S ← e^g·S and kS = Sᵀk
-                new Span<float>(kS, V).Clear();
-                for (int i = 0; i < K; i++) DecayAndAccumulate(S + (long)i * V, decay, kt[i], kS, V);
-                for (int j = 0; j < V; j++) u[j] = beta * (vt[j] - kS[j]);
-                // pass 2: S ← S + k uᵀ and o = scale·Sᵀq
-                if (o is null)
-                    for (int i = 0; i < K; i++) SmallMatrix.Axpy(kt[i], u, S + (long)i * V, V);
-                else
+                for (int j0 = 0; j0 < vb; j0 += 32) DecayAndAccumulate32(S + j0, K, V, decay, kt, kS + j0);
+                if (vb < V)
                 {
-                    float* ot = o + (long)t * V;
-                    new Span<float>(ot, V).Clear();
-                    for (int i = 0; i < K; i++) UpdateAndRead(S + (long)i * V, kt[i], u, qt[i], ot, V);
-                    SmallMatrix.ScaleInPlace(scale, ot, V);
+                    new Span<float>(kS + vb, V - vb).Clear();
+                    for (int i = 0; i < K; i++) DecayAndAccumulate(S + (long)i * V + vb, decay, kt[i], kS + vb, V - vb);
                 }
+                for (int j = 0; j < V; j++) u[j] = beta * (vt[j] - kS[j]);
+                // pass 2: S ← S + k uᵀ and o = scale·Sᵀq (o = null: state only)
+                float* ot = o is null ? kS : o + (long)t * V;   // kS is dead here: a sink for the unused read
+                for (int j0 = 0; j0 < vb; j0 += 32) UpdateAndRead32(S + j0, K, V, kt, u + j0, qt, ot + j0);
+                if (vb < V)
+                {
+                    new Span<float>(ot + vb, V - vb).Clear();
+                    for (int i = 0; i < K; i++) UpdateAndRead(S + (long)i * V + vb, kt[i], u + vb, qt[i], ot + vb, V - vb);
+                }
+                if (o is not null) SmallMatrix.ScaleInPlace(scale, ot, V);
             }
         }
+    }
+
+    // Columns [0, 32) of S (K rows, stride V): S ← decay·S; kS[0..32) = Σ_i k_i·S[i, ·].
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void DecayAndAccumulate32(float* S, int K, int V, float decay, float* k, float* kS)
+    {
+        var vd = Vector256.Create(decay);
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        float* r = S;
+        for (int i = 0; i < K; i++, r += V)
+        {
+            var vk = Vector256.Create(k[i]);
+            var x0 = Vector256.Load(r) * vd; x0.Store(r); a0 = Vector256.FusedMultiplyAdd(vk, x0, a0);
+            var x1 = Vector256.Load(r + 8) * vd; x1.Store(r + 8); a1 = Vector256.FusedMultiplyAdd(vk, x1, a1);
+            var x2 = Vector256.Load(r + 16) * vd; x2.Store(r + 16); a2 = Vector256.FusedMultiplyAdd(vk, x2, a2);
+            var x3 = Vector256.Load(r + 24) * vd; x3.Store(r + 24); a3 = Vector256.FusedMultiplyAdd(vk, x3, a3);
+        }
+        a0.Store(kS); a1.Store(kS + 8); a2.Store(kS + 16); a3.Store(kS + 24);
+    }
+
+    // Columns [0, 32) of S: S ← S + k uᵀ; o[0..32) = Σ_i q_i·S[i, ·] (unscaled).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void UpdateAndRead32(float* S, int K, int V, float* k, float* u, float* q, float* o)
+    {
+        var u0 = Vector256.Load(u); var u1 = Vector256.Load(u + 8);
+        var u2 = Vector256.Load(u + 16); var u3 = Vector256.Load(u + 24);
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        float* r = S;
+        for (int i = 0; i < K; i++, r += V)
+        {
+            var vk = Vector256.Create(k[i]);
+            var vq = Vector256.Create(q[i]);
+            var x0 = Vector256.FusedMultiplyAdd(vk, u0, Vector256.Load(r)); x0.Store(r); a0 = Vector256.FusedMultiplyAdd(vq, x0, a0);
+            var x1 = Vector256.FusedMultiplyAdd(vk, u1, Vector256.Load(r + 8)); x1.Store(r + 8); a1 = Vector256.FusedMultiplyAdd(vq, x1, a1);
+            var x2 = Vector256.FusedMultiplyAdd(vk, u2, Vector256.Load(r + 16)); x2.Store(r + 16); a2 = Vector256.FusedMultiplyAdd(vq, x2, a2);
+            var x3 = Vector256.FusedMultiplyAdd(vk, u3, Vector256.Load(r + 24)); x3.Store(r + 24); a3 = Vector256.FusedMultiplyAdd(vq, x3, a3);
+        }
+        a0.Store(o); a1.Store(o + 8); a2.Store(o + 16); a3.Store(o + 24);
     }
 
     // row ← decay·row; acc += a·row
