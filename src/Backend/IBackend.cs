@@ -42,7 +42,7 @@ public interface IBackend : IDisposable
 
     // ---- GEMM ------------------------------------------------------------------------------------------
     /// <summary>C = α·op(A)·op(B) + β·C with fp32 products and fp32 accumulation; see <see cref="GemmSpec"/>.</summary>
-    void Gemm(Tensor a, Tensor b, Tensor c, in GemmSpec spec);
+    void Gemm(Tensor a, Tensor b, Tensor c, GemmSpec spec);
 
     // ---- elementwise (all tensors of equal element count) ----------------------------------------------
     /// <summary>y = a + b.</summary>
@@ -106,7 +106,7 @@ public interface IBackend : IDisposable
     /// <summary>result[0] = reduction of every element of x, in a fixed (deterministic) order.</summary>
     void Reduce(ReduceOp op, Tensor x, Tensor result);
     /// <summary>One AdamW step on param with gradient grad and moments m, v (all same count).</summary>
-    void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWSpec spec);
+    void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWSpec spec);
     /// <summary>
     /// N = √(Σ over all tensors Σg²); norm[0] = N; if N &gt; maxNorm every gradient is scaled by maxNorm/(N + 1e-6).
     /// </summary>
@@ -127,11 +127,11 @@ public interface IBackend : IDisposable
     /// o_t = scale·S_tᵀq_t. q, k [B,T,H,K]; v [B,T,H,V]; g, beta [B,T,H]; h0, ht [B,H,K,V] optional;
     /// o [B,T,H,V]. With <see cref="GdnSpec.L2NormQK"/> q and k are L2-normalised inside the kernel.
     /// </summary>
-    void GdnForward(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor? h0, Tensor o, Tensor? ht, in GdnSpec spec);
+    void GdnForward(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor? h0, Tensor o, Tensor? ht, GdnSpec spec);
     /// <summary>
     /// Reverse mode of <see cref="GdnForward"/>: recomputes the states from the inputs (nothing saved),
     /// takes dO [B,T,H,V] and optional dht [B,H,K,V]; writes dq, dk, dv, dg, dbeta and dh0 (when h0 is given).
     /// </summary>
     void GdnBackward(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor? h0, Tensor dO, Tensor? dht,
-                     Tensor dq, Tensor dk, Tensor dv, Tensor dg, Tensor dbeta, Tensor? dh0, in GdnSpec spec);
+                     Tensor dq, Tensor dk, Tensor dv, Tensor dg, Tensor dbeta, Tensor? dh0, GdnSpec spec);
 }

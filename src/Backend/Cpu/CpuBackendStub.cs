@@ -6,7 +6,7 @@ public sealed partial class CpuBackend : IBackend
 
     public string Name => throw new NotImplementedException();
     public DeviceInfo Info => throw new NotImplementedException();
-    public void Gemm(Tensor a, Tensor b, Tensor c, in GemmSpec spec) => throw new NotImplementedException();
+    public void Gemm(Tensor a, Tensor b, Tensor c, GemmSpec spec) => throw new NotImplementedException();
     public void Add(Tensor a, Tensor b, Tensor y) => throw new NotImplementedException();
     public void Mul(Tensor a, Tensor b, Tensor y) => throw new NotImplementedException();
     public void Scale(Tensor x, float s, Tensor y) => throw new NotImplementedException();
@@ -27,7 +27,7 @@ public sealed partial class CpuBackend : IBackend
     public void CrossEntropy(Tensor logits, Tensor targets, Tensor loss, Tensor? dlogits, float gradScale) => throw new NotImplementedException();
     public void KlDivergence(Tensor teacher, Tensor student, Tensor loss, Tensor? dstudent, float gradScale) => throw new NotImplementedException();
     public void Reduce(ReduceOp op, Tensor x, Tensor result) => throw new NotImplementedException();
-    public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWSpec spec) => throw new NotImplementedException();
+    public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWSpec spec) => throw new NotImplementedException();
     public void ClipGradNorm(IReadOnlyList<Tensor> grads, float maxNorm, Tensor norm) => throw new NotImplementedException();
     public void Dispose() { }
 }

@@ -15,7 +15,7 @@ public sealed partial class VulkanBackend : IBackend
     public void Synchronize() => throw new NotImplementedException();
     public void Copy(Tensor src, long srcOffset, Tensor dst, long dstOffset, long count) => throw new NotImplementedException();
     public void Fill(Tensor t, float value) => throw new NotImplementedException();
-    public void Gemm(Tensor a, Tensor b, Tensor c, in GemmSpec spec) => throw new NotImplementedException();
+    public void Gemm(Tensor a, Tensor b, Tensor c, GemmSpec spec) => throw new NotImplementedException();
     public void Add(Tensor a, Tensor b, Tensor y) => throw new NotImplementedException();
     public void Mul(Tensor a, Tensor b, Tensor y) => throw new NotImplementedException();
     public void Scale(Tensor x, float s, Tensor y) => throw new NotImplementedException();
@@ -36,7 +36,7 @@ public sealed partial class VulkanBackend : IBackend
     public void CrossEntropy(Tensor logits, Tensor targets, Tensor loss, Tensor? dlogits, float gradScale) => throw new NotImplementedException();
     public void KlDivergence(Tensor teacher, Tensor student, Tensor loss, Tensor? dstudent, float gradScale) => throw new NotImplementedException();
     public void Reduce(ReduceOp op, Tensor x, Tensor result) => throw new NotImplementedException();
-    public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWSpec spec) => throw new NotImplementedException();
+    public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWSpec spec) => throw new NotImplementedException();
     public void ClipGradNorm(IReadOnlyList<Tensor> grads, float maxNorm, Tensor norm) => throw new NotImplementedException();
     public void Dispose() { }
 }
