@@ -1,0 +1,106 @@
+// Packing for the blocked GEMM: copies a block of op(A) or op(B) into the order the micro-kernel reads,
+// so the kernel's inner loop walks memory contiguously whatever the transpose flags and leading dims.
+//   packed A block (mc × kc): micro-panels of MR rows; panel p holds, for each k, rows p·MR .. p·MR+5
+//                             (dst[p·MR·kc + k·MR + r]); rows past mc are zero.
+//   packed B block (kc × nc): micro-panels of NR columns; panel q holds, for each k, columns q·NR .. +15
+//                             (dst[q·NR·kc + k·NR + j]); columns past nc are zero.
+// Zero padding lets every tile run the full 6×16 kernel; the store then keeps only the valid corner.
+using System.Runtime.Intrinsics;
+using static TaylorCalibrate.Backend.Cpu.Gemm.MicroKernels;
+
+namespace TaylorCalibrate.Backend.Cpu.Gemm;
+
+/// <summary>
+/// One GEMM operand as stored: element (row, col) of op(X) is Data[Offset + row·Ld + col], or
+/// Data[Offset + col·Ld + row] when <see cref="Trans"/>.
+/// </summary>
+internal readonly record struct GemmOperand(float[] Data, long Offset, int Ld, bool Trans)
+{
+    /// <summary>The same operand with op(X)'s column index shifted by <paramref name="k0"/> (for A, whose
+    /// columns are the reduction index) — used by split-K.</summary>
+    public GemmOperand ShiftCols(int k0) => this with { Offset = Offset + (Trans ? (long)k0 * Ld : k0) };
+
+    /// <summary>The same operand with op(X)'s row index shifted by <paramref name="k0"/> (for B).</summary>
+    public GemmOperand ShiftRows(int k0) => this with { Offset = Offset + (Trans ? k0 : (long)k0 * Ld) };
+}
+
+/// <summary>Packs blocks of op(A) and op(B) into micro-panels.</summary>
+internal static unsafe class GemmPacking
+{
+    /// <summary>Packs op(A)[i0 .. i0+mc, k0 .. k0+kc] into ⌈mc/MR⌉ micro-panels at <paramref name="dst"/>.</summary>
+    public static void PackA(in GemmOperand a, float* data, int i0, int mc, int k0, int kc, float* dst)
+    {
+        for (int p0 = 0; p0 < mc; p0 += MR, dst += MR * kc)
+        {
+            int mr = Math.Min(MR, mc - p0);
+            if (a.Trans)
+            {
+                // op(A)[i, k] = data[k·Ld + i]: each k contributes mr contiguous values.
+                float* src = data + a.Offset + (long)k0 * a.Ld + i0 + p0;
+                for (int k = 0; k < kc; k++, src += a.Ld)
+                {
+                    int r = 0;
+                    for (; r < mr; r++) dst[k * MR + r] = src[r];
+                    for (; r < MR; r++) dst[k * MR + r] = 0;
+                }
+            }
+            else
+            {
+                // op(A)[i, k] = data[i·Ld + k]: read each row contiguously, write with stride MR.
+                for (int r = 0; r < MR; r++)
+                {
+                    if (r < mr)
+                    {
+                        float* src = data + a.Offset + (long)(i0 + p0 + r) * a.Ld + k0;
+                        for (int k = 0; k < kc; k++) dst[k * MR + r] = src[k];
+                    }
+                    else
+                        for (int k = 0; k < kc; k++) dst[k * MR + r] = 0;
+                }
+            }
+        }
+    }
+
+    /// <summary>Packs the micro-panels <paramref name="firstPanel"/> .. <paramref name="endPanel"/>−1 of
+    /// op(B)[k0 .. k0+kc, j0 .. j0+nc] into <paramref name="dst"/> (the whole block's buffer).</summary>
+    public static void PackB(in GemmOperand b, float* data, int k0, int kc, int j0, int nc, int firstPanel, int endPanel, float* dst)
+    {
+        for (int q = firstPanel; q < endPanel; q++)
+        {
+            float* panel = dst + (long)q * NR * kc;
+            int jq = q * NR, nr = Math.Min(NR, nc - jq);
+            if (!b.Trans)
+            {
+                // op(B)[k, j] = data[k·Ld + j]: NR contiguous values per k.
+                float* src = data + b.Offset + (long)k0 * b.Ld + j0 + jq;
+                if (nr == NR)
+                    for (int k = 0; k < kc; k++, src += b.Ld)
+                    {
+                        Vector256.Store(Vector256.Load(src), panel + k * NR);
+                        Vector256.Store(Vector256.Load(src + 8), panel + k * NR + 8);
+                    }
+                else
+                    for (int k = 0; k < kc; k++, src += b.Ld)
+                    {
+                        int j = 0;
+                        for (; j < nr; j++) panel[k * NR + j] = src[j];
+                        for (; j < NR; j++) panel[k * NR + j] = 0;
+                    }
+            }
+            else
+            {
+                // op(B)[k, j] = data[j·Ld + k]: read each stored row (one column of op(B)) contiguously.
+                for (int j = 0; j < NR; j++)
+                {
+                    if (j < nr)
+                    {
+                        float* src = data + b.Offset + (long)(j0 + jq + j) * b.Ld + k0;
+                        for (int k = 0; k < kc; k++) panel[k * NR + j] = src[k];
+                    }
+                    else
+                        for (int k = 0; k < kc; k++) panel[k * NR + j] = 0;
+                }
+            }
+        }
+    }
+}
