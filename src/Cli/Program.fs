@@ -10,16 +10,22 @@ open TaylorCalibrate.Cli.Common
 [<HelpFlags("--help", "-h")>]
 type Command =
     | [<CliPrefix(CliPrefix.None)>] Devices of ParseResults<DevicesCommand.Args>
+    | [<CliPrefix(CliPrefix.None)>] Op of ParseResults<OpCommand.Args>
+    | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchCommand.Args>
     | [<AltCommandLine("-v")>] Verbose
     interface IArgParserTemplate with
         member c.Usage =
             match c with
             | Devices _ -> "list Vulkan devices and the CPU backend, marking the `auto` choice"
+            | Bench _ -> "benchmark kernels (medians after warm-up); --json writes machine-readable records"
+            | Op _ -> "run one kernel on named tensors of a safetensors file (cross-checking); `op --help` lists the ops"
             | Verbose -> "print stack traces of errors"
 
 let private dispatch (results: ParseResults<Command>) =
     match results.GetSubCommand() with
     | Devices a -> DevicesCommand.run a
+    | Op a -> OpCommand.run a
+    | Bench a -> BenchCommand.run a
     | Verbose -> usageError "no command given; see --help"
 
 [<EntryPoint>]
@@ -32,6 +38,7 @@ let main argv =
     with
     | :? ArguParseException as e when e.ErrorCode = ErrorCode.HelpText ->
         printfn "%s" e.Message
+        if argv |> Array.contains "op" then printfn "%s" (OpCommand.opTable ())
         0
     | :? ArguParseException as e ->
         eprintfn "%s" e.Message
