@@ -58,7 +58,7 @@ let run (args: ParseResults<Args>) =
         if o.Config.Vocab <> t.Config.Vocab then
             usageError $"--vs {o.Source.Path}: vocabulary {o.Config.Vocab} differs from the model's {t.Config.Vocab}")
     let docs = Corpus.readDocuments textPath |> orFail
-    let stream = Corpus.tokenStream tok docs
+    let stream = Corpus.tokenStreamUpTo tok (args.TryGetResult Max_Tokens) docs
     let set = Perplexity.prepare textPath t.Config stream (args.TryGetResult Window) (args.TryGetResult Max_Tokens) |> orFail
     use be = openDevice (args.TryGetResult Device)
     use m = new DeviceTeacher(be, t)

@@ -30,3 +30,14 @@ let readDocuments (path: string) : Result<string list, InputError> =
 /// The concatenation of every document encoded with its document start.
 let tokenStream (tok: ITokenizer) (docs: string list) : int[] =
     docs |> Seq.collect (fun d -> tok.Encode(d, true)) |> Array.ofSeq
+
+/// The first `limit` tokens of the stream (at least: whole documents are encoded), without encoding the
+/// documents past the limit.
+let tokenStreamUpTo (tok: ITokenizer) (limit: int option) (docs: string list) : int[] =
+    match limit with
+    | None -> tokenStream tok docs
+    | Some n ->
+        let out = Collections.Generic.List<int>()
+        use e = (Seq.ofList docs).GetEnumerator()
+        while out.Count < n && e.MoveNext() do out.AddRange(tok.Encode(e.Current, true))
+        out.ToArray()

@@ -24,6 +24,19 @@ type Tok512Tokenizer(path: string, pieces: byte[][], scores: float32[]) =
         let d = Dictionary<string, int>(StringComparer.Ordinal)
         for i in 0 .. text.Length - 1 do d.TryAdd(text[i], i) |> ignore
         d
+    // (left id, right id) -> (merged id or -1, its score): the pair lookups of the merge loop, cached.
+    let merges = Dictionary<struct (int * int), struct (int * float32)>()
+    let mergeOf (a: int) (b: int) =
+        let key = struct (a, b)
+        match merges.TryGetValue key with
+        | true, r -> r
+        | _ ->
+            let r =
+                match lookup.TryGetValue(text[a] + text[b]) with
+                | true, id -> struct (id, scores[id])
+                | _ -> struct (-1, Single.NegativeInfinity)
+            merges[key] <- r
+            r
     /// "<0xNN>" pieces decode to their byte.
     let byteOf (id: int) =
         let p = text[id]
@@ -56,22 +69,35 @@ type Tok512Tokenizer(path: string, pieces: byte[][], scores: float32[]) =
                 | true, id -> tokens.Add id
                 | _ -> for b in Encoding.UTF8.GetBytes cp do tokens.Add(int b + byteFallbackBase)
                 i <- i + n
+            // Pair scores are kept per position and only the two pairs next to a merge are recomputed, so a
+            // merge costs one scan for the maximum instead of a dictionary lookup per pair.
+            let pairId = List<int>()
+            let pairScore = List<float32>()
+            for j in 0 .. tokens.Count - 2 do
+                let struct (id, score) = mergeOf tokens[j] tokens[j + 1]
+                pairId.Add id
+                pairScore.Add score
             let mutable merging = true
             while merging do
                 let mutable best = -1
                 let mutable bestScore = Single.NegativeInfinity
-                let mutable bestId = -1
-                for j in 0 .. tokens.Count - 2 do
-                    match lookup.TryGetValue(text[tokens[j]] + text[tokens[j + 1]]) with
-                    | true, id when scores[id] > bestScore ->
+                for j in 0 .. pairScore.Count - 1 do
+                    if pairId[j] >= 0 && pairScore[j] > bestScore then
                         best <- j
-                        bestScore <- scores[id]
-                        bestId <- id
-                    | _ -> ()
+                        bestScore <- pairScore[j]
                 if best < 0 then merging <- false
                 else
-                    tokens[best] <- bestId
+                    tokens[best] <- pairId[best]
                     tokens.RemoveAt(best + 1)
+                    pairId.RemoveAt best
+                    pairScore.RemoveAt best
+                    let refresh j =
+                        if j >= 0 && j < pairId.Count then
+                            let struct (id, score) = mergeOf tokens[j] tokens[j + 1]
+                            pairId[j] <- id
+                            pairScore[j] <- score
+                    refresh (best - 1)
+                    refresh best
             if startDocument then tokens.Insert(0, bosId)
             tokens.ToArray()
 

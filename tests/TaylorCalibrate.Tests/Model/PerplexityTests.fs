@@ -38,6 +38,21 @@ let tests =
             Expect.equal (Corpus.documents text) [ "first story."; "second" ] "documents"
             Expect.equal (Corpus.documents "plain text, one document\n") [ "plain text, one document" ] "plain file" }
 
+        test "tokenStreamUpTo stops after the document that reaches the limit; its prefix equals the full stream's" {
+            let tok =
+                { new ITokenizer with
+                    member _.VocabSize = 300
+                    member _.DocumentStart = Some 1
+                    member _.Encode(s, start) = Array.append (if start then [| 1 |] else [||]) (s.ToCharArray() |> Array.map int)
+                    member _.Decode ids = ""
+                    member _.Piece id = string id
+                    member _.Description = "chars" }
+            let docs = [ "abc"; "de"; "fghij"; "k" ]
+            let full = Corpus.tokenStream tok docs
+            Expect.equal full.Length 15 "4 BOS + 11 chars"
+            let part = Corpus.tokenStreamUpTo tok (Some 5) docs
+            Expect.equal part full[.. 6] "first two documents (7 tokens) cover a limit of 5" }
+
         test "windows: non-overlapping, partial window dropped, max-tokens applied first" {
             let stream = Array.init 50 id
             let s = Perplexity.prepare "x" config stream (Some 16) None |> orFailTest
