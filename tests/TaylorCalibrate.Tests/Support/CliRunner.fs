@@ -1,0 +1,29 @@
+/// Runs the real `taylor-calibrate` executable (built beside the tests) as a child process, so tests see
+/// exactly what a user sees: exit code, standard output and standard error.
+module TaylorCalibrate.Tests.CliRunner
+
+open System
+open System.Diagnostics
+open System.IO
+
+/// Exit code, stdout and stderr of one CLI run.
+type CliResult = { ExitCode: int; Out: string; Err: string }
+
+let private cliDll = Path.Combine(AppContext.BaseDirectory, "taylor-calibrate.dll")
+
+/// Runs `taylor-calibrate args` and waits for it.
+let run (args: string list) : CliResult =
+    if not (File.Exists cliDll) then failwithf "CLI not built next to the tests: %s" cliDll
+    let psi = ProcessStartInfo("dotnet", cliDll :: args, UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true)
+    psi.Environment["DOTNET_NOLOGO"] <- "1"
+    use p = Process.Start psi
+    let out = p.StandardOutput.ReadToEndAsync()
+    let err = p.StandardError.ReadToEndAsync()
+    p.WaitForExit()
+    { ExitCode = p.ExitCode; Out = out.Result; Err = err.Result }
+
+/// A fresh temporary folder.
+let tempDir () =
+    let d = Path.Combine(Path.GetTempPath(), "tc-cli-" + Guid.NewGuid().ToString "N")
+    Directory.CreateDirectory d |> ignore
+    d
