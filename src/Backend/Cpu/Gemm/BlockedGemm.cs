@@ -1,8 +1,8 @@
 // Blocked, packed, multi-threaded fp32 GEMM:  C = α·op(A)·op(B) + β·C  (docs/kernels.md §1).
 // Goto/BLIS loop nest, for each batch entry:
-//   for jc in N step NC:                       B block kc×nc, packed once, shared by all threads (L3)
+//   for jc in N step NC:                       a column block of C
 //     for rounds of K (up to 16 MiB of packed B):
-//       pack op(B)[round, jc..] in KC×nc blocks  (parallel over blocks and micro-panels)
+//       pack op(B)[round, jc..] in KC×nc blocks (parallel; shared read-only by all tasks, in L3)
 //       parallel over tasks (row block of ~MC rows × range of B micro-panels), each:
 //         for pc in round step KC:             the first K block applies β, later ones accumulate (β = 1)
 //           pack op(A)[rows, pc..]             A block mc×kc stays in L2
@@ -29,6 +29,10 @@ internal static unsafe class BlockedGemm
 
     /// <summary>Floats of packed B per round (16 MiB); see <see cref="Blocked"/>.</summary>
     const int BPackBudget = 1 << 22;
+
+    /// <summary>Products below this many flops (~20 µs of work) run on the calling thread: waking
+    /// workers would cost more than it saves.</summary>
+    const double ParallelFlops = 1 << 21;
 
     /// <summary>Batch entries with fewer flops than this run one per thread instead of each in parallel.</summary>
     const long SmallEntryFlops = 1 << 22;
@@ -63,8 +67,7 @@ internal static unsafe class BlockedGemm
             ScaleC(c, cOffset, ldc, m, n, beta);       // BLAS semantics: A and B are not read
             return;
         }
-        // Tiny products are not worth waking threads for.
-        var par = 2.0 * m * n * k < 4.0 * CpuParallel.SerialBelow * 16 ? CpuParallel.Serial : workers;
+        var par = 2.0 * m * n * k < ParallelFlops ? CpuParallel.Serial : workers;
         int splits = SplitCount(m, n, k);
         if (splits > 1)              // also on one thread: the split is part of the result's definition
             SplitK(a, b, c, cOffset, ldc, m, n, k, alpha, beta, splits, par, kind);
