@@ -223,6 +223,7 @@ let stories260K =
             use m = new DeviceTeacher(Backends.cpu.Get(), t)
             let logits = Forward.logits m [| 1 |] 1 1
             let maxDiff = Array.init 8 (fun i -> abs (logits[i] - goldenLogits[i])) |> Array.max
+            printfn "stories260K golden logits 0..7: max |Δ| %.2e on %s" maxDiff (Backends.cpu.Get()).Name
             Expect.isLessThan (float maxDiff) goldenTol $"max |Δ| of logits 0..7 = {maxDiff:E2}"
             Expect.equal (Generate.run m [| 1 |] 32 0.0 0 ignore) goldenGreedy "greedy ids" }
 
@@ -233,6 +234,8 @@ let stories260K =
             Expect.stringStarts text goldenTextStart "greedy text"
             Expect.equal (tok.Encode(text, true)) (Array.append [| 1 |] goldenGreedy) "encode(decode(ids)) = BOS + ids" }
 
+        // Measured: PPL 3.50 (NLL 1.253) on these 40,880 targets; the whole file gives 4.09 (NLL 1.408): its
+        // later stories are harder for this model (per-100-story NLL ranges 1.23–1.59).
         test "perplexity on the first 40,960 tokens of valid-head.txt is near exp(1.2968) ≈ 3.7" {
             let path, t = load ()
             let text = Shared.requireShared "data/tinystories/valid-head.txt"
