@@ -3,7 +3,9 @@
 /// to GPT-2's printable byte alphabet, and merged by merge rank. Implemented here rather than with
 /// Microsoft.ML.Tokenizers because the pre-tokenizer regex, ignore_merges and the BOS template all come
 /// from tokenizer.json and must be honoured exactly. The regex runs on UTF-16 (.NET), so letters outside
-/// the Basic Multilingual Plane count as symbols; a rare difference from the Rust implementation.
+/// the Basic Multilingual Plane count as symbols; a rare difference from the Rust implementation. The NFC
+/// normaliser (Qwen) uses String.Normalize, which composes nothing under InvariantGlobalization (the
+/// project's setting): text already in NFC (nearly all text) is exact, decomposed input is not composed.
 module TaylorCalibrate.Pipeline.Text.ByteLevelBpe
 
 open System

@@ -154,6 +154,14 @@ let tests =
             let adjacent = { TinyModels.config ModelFamily.Llama with RopeLayout = RopeLayout.Adjacent }
             checkForward (Backends.cpu.Get()) (TinyModels.teacher adjacent 4) 3 5 6 }
 
+        // Skips where no Vulkan device exists; tiny shapes so lavapipe runs it in CI.
+        test "vulkan: tiny Qwen2, Qwen3 and adjacent-RoPE Llama forwards match the f64 reference" {
+            let be = Backends.vulkan.Get()
+            checkForward be (TinyModels.teacher (TinyModels.config ModelFamily.Qwen2) 21) 2 7 1
+            checkForward be (TinyModels.teacher (TinyModels.config ModelFamily.Qwen3) 22) 2 9 2
+            let adjacent = { TinyModels.config ModelFamily.Llama with RopeLayout = RopeLayout.Adjacent }
+            checkForward be (TinyModels.teacher adjacent 23) 1 33 3 }
+
         test "traces: input, context, output and stats have their shapes; skipping attention changes the logits" {
             let be = Backends.cpu.Get()
             let t = TinyModels.teacher (TinyModels.config ModelFamily.Qwen3) 9

@@ -55,12 +55,17 @@ let private configWithVocab v =
       Context = 16; NormEps = 1e-5; RopeTheta = 10000.0; RopeScaling = None; RopeLayout = TaylorCalibrate.Backend.RopeLayout.Adjacent
       TiedEmbeddings = true; QkvBias = false; OutputBias = false; QkNorm = false }
 
-let tinyTokenizer () : ITokenizer * string =
+/// The tiny tokenizer with edits to its JSON (Qwen's NFC normaliser, Llama-3's ignore_merges, ...).
+let tinyTokenizerWith (edit: JsonNode -> unit) : ITokenizer * string =
     let dir = tempDir ()
     let path = Path.Combine(dir, "tokenizer.json")
-    File.WriteAllText(path, tinyTokenizerJson ())
+    let root = JsonNode.Parse(tinyTokenizerJson ())
+    edit root
+    File.WriteAllText(path, root.ToJsonString())
     let tok = ByteLevelBpe.load path |> orFailTest
     tok :> ITokenizer, path
+
+let tinyTokenizer () = tinyTokenizerWith ignore
 
 let private byteId (c: char) = int c  // ASCII printable bytes map to themselves in the byte alphabet
 
@@ -90,6 +95,20 @@ let tests =
             let tok, _ = tinyTokenizer ()
             for s in [ "Hello, world!"; "  two  spaces\n\nand lines\r\n"; "naïve café — 日本語 🙂"; "1234567 it's I'M"; "" ] do
                 Expect.equal (tok.Decode(tok.Encode(s, false))) s $"round trip of {s}" }
+
+        test "byte-level BPE: an NFC normaliser is accepted and leaves NFC text as is; ignore_merges takes whole words" {
+            // The runtime is built with InvariantGlobalization, where String.Normalize does not compose, so
+            // decomposed input ("e" + U+0301) is not composed here (see ByteLevelBpe.fs); NFC input is exact.
+            let nfc, _ = tinyTokenizerWith (fun root -> root["normalizer"] <- JsonNode.Parse """{"type": "NFC"}""")
+            let plain, _ = tinyTokenizer ()
+            Expect.equal (nfc.Encode("caf\u00e9 the", false)) (plain.Encode("caf\u00e9 the", false)) "NFC text unchanged"
+            // "Ġthe" is in the vocabulary; with ignore_merges it is taken whole even if merges would not build it.
+            let whole, _ =
+                tinyTokenizerWith (fun root ->
+                    root["model"]["ignore_merges"] <- JsonValue.Create true
+                    root["model"]["merges"] <- JsonArray())
+            Expect.equal (whole.Encode(" the", false)) [| 258 |] "whole word from the vocabulary"
+            Expect.equal (whole.Encode("the", false)) [| byteId 't'; byteId 'h'; byteId 'e' |] "no merges otherwise" }
 
         test "tokenizer.json: bad files give one-line errors naming the file" {
             let dir = tempDir ()
