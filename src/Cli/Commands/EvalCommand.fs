@@ -34,7 +34,7 @@ type Args =
             | Device _ -> "auto | cpu | vulkan | vulkan:N | vulkan:NAME (default auto)"
             | Json _ -> "write the results as JSON to this file"
             | Tokenizer _ -> "tokenizer file (tokenizer.json or tok*.bin); default: found beside the model"
-            | Vs _ -> "a second model (same vocabulary): also report the mean KL(model ‖ vs)"
+            | Vs _ -> "a reference model (same vocabulary, e.g. the teacher of a student): also report the mean KL(vs ‖ model)"
 
 /// Runs the evaluation under a progress bar (plain when the console is not interactive).
 let private evaluateWithProgress m vs (set: Perplexity.EvalSet) (ct: CancellationToken) =

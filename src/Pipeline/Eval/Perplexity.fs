@@ -1,8 +1,9 @@
 /// Perplexity with one fixed protocol (method.md §8, issue 4 §4): the token stream is cut into
 /// consecutive non-overlapping windows of W tokens (the final partial window is dropped; nothing is carried
 /// between windows); inside each window tokens 2..W are predicted from their prefix, so each window gives
-/// W−1 targets. PPL = exp(Σ NLL / Σ targets), accumulated in double. With a second model, the mean
-/// KL(p_model ‖ p_other) over the same targets' positions is reported too.
+/// W−1 targets. PPL = exp(Σ NLL / Σ targets), accumulated in double. With a reference model `vs` (the
+/// teacher, when the evaluated model is a student), the mean KL(p_vs ‖ p_model) over the same positions is
+/// reported too: the divergence Stage-2 distillation minimises.
 module TaylorCalibrate.Pipeline.Eval.Perplexity
 
 open System
@@ -53,7 +54,7 @@ type PerplexityResult =
       Window: int
       Seconds: float
       TokensPerSecond: float
-      /// Mean KL(p_model ‖ p_vs) per predicted position, nats, when a second model was given.
+      /// Mean KL(p_vs ‖ p_model) per predicted position, nats, when a reference model was given.
       MeanKl: float option }
 
 /// Windows per forward call: about 8k tokens and at most 256 MiB of logits per batch.
@@ -92,7 +93,7 @@ let evaluate (m: DeviceTeacher) (vs: DeviceTeacher option) (set: EvalSet) (progr
         | Some other ->
             let r2 = Forward.run other ids B W Forward.ForwardOptions.none
             use otherLogits = r2.Logits
-            be.KlDivergence(logits, otherLogits, loss, null, 1f)
+            be.KlDivergence(otherLogits, logits, loss, null, 1f)
             let kl = loss.ToArray()
             for i in 0 .. kl.Length - 1 do
                 if targets[i] >= 0 then totalKl <- totalKl + float kl[i]

@@ -82,4 +82,27 @@ let tests =
             Expect.floatClose Accuracy.medium r.Nll (nll / float r.Predicted) "mean NLL"
             Expect.floatClose Accuracy.medium r.Perplexity (exp (nll / float r.Predicted)) "PPL"
             Expect.isLessThan (abs (defaultArg r.MeanKl nan)) 1e-5 "KL(p‖p) = 0" }
+
+        test "mean KL(p_vs ‖ p_model) over the predicted positions matches a double computation" {
+            let be = Backends.cpu.Get()
+            use m = new DeviceTeacher(be, teacher 5)
+            use reference = new DeviceTeacher(be, teacher 50)
+            let stream = Rand.ints 4 config.Vocab 40
+            let set = Perplexity.prepare "x" config stream (Some 16) None |> orFailTest
+            let r = Perplexity.evaluate m (Some reference) set None Threading.CancellationToken.None
+            let logSoftmax (row: float[]) =
+                let mx = Array.max row
+                let lse = mx + log (row |> Array.sumBy (fun z -> exp (z - mx)))
+                row |> Array.map (fun z -> z - lse)
+            let mutable kl = 0.0
+            for w in 0 .. set.Windows - 1 do
+                let ids = set.Tokens[w * 16 .. w * 16 + 15]
+                let lm, lr = Forward.logits m ids 1 16, Forward.logits reference ids 1 16
+                for p in 0 .. 14 do
+                    let row (a: float32[]) = logSoftmax (Array.init config.Vocab (fun i -> float a[p * config.Vocab + i]))
+                    let lp, lq = row lr, row lm
+                    kl <- kl + Array.fold2 (fun acc a b -> acc + exp a * (a - b)) 0.0 lp lq
+            let expected = kl / float r.Predicted
+            Expect.isGreaterThan expected 1e-3 "the two models differ"
+            Expect.floatClose Accuracy.medium (defaultArg r.MeanKl nan) expected "KL(vs ‖ model)" }
     ]
