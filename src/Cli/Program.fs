@@ -13,6 +13,10 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Op of ParseResults<OpCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Demo of ParseResults<DemoCommand.Args>
+    | [<CliPrefix(CliPrefix.None)>] Inspect of ParseResults<InspectCommand.Args>
+    | [<CliPrefix(CliPrefix.None)>] Eval of ParseResults<EvalCommand.Args>
+    | [<CliPrefix(CliPrefix.None)>] Generate of ParseResults<GenerateCommand.Args>
+    | [<CliPrefix(CliPrefix.None)>] Logits of ParseResults<LogitsCommand.Args>
     | [<AltCommandLine("-v")>] Verbose
     interface IArgParserTemplate with
         member c.Usage =
@@ -21,6 +25,10 @@ type Command =
             | Demo _ -> "the main job on built-in defaults (for now: devices and a checked GEMM)"
             | Bench _ -> "benchmark kernels (medians after warm-up); --json writes machine-readable records"
             | Op _ -> "run one kernel on named tensors of a safetensors file (cross-checking); `op --help` lists the ops"
+            | Inspect _ -> "describe a model: family, dimensions, heads, parameters, dtypes, tokenizer"
+            | Eval _ -> "perplexity of a model on a text (fixed window protocol); --json writes a report"
+            | Generate _ -> "continue a prompt (greedy at --temperature 0) for quick sanity checks"
+            | Logits _ -> "write the logits of one forward pass to safetensors (cross-checking)"
             | Verbose -> "print stack traces of errors"
 
 let private dispatch (results: ParseResults<Command>) =
@@ -29,6 +37,10 @@ let private dispatch (results: ParseResults<Command>) =
     | Op a -> OpCommand.run a
     | Bench a -> BenchCommand.run a
     | Demo a -> DemoCommand.run a
+    | Inspect a -> InspectCommand.run a
+    | Eval a -> EvalCommand.run a
+    | Generate a -> GenerateCommand.run a
+    | Logits a -> LogitsCommand.run a
     | Verbose -> usageError "no command given; see --help"
 
 [<EntryPoint>]

@@ -11,6 +11,13 @@ type InputError =
     | ShapeMismatch of tensor: string * expected: int[] * actual: int[]
     | InvalidOption of option: string * problem: string
     | InvalidValue of tensor: string * problem: string
+    | UnsupportedModelType of path: string * modelType: string * supported: string list
+    | MissingConfigField of path: string * field: string
+    | InvalidConfigField of path: string * field: string * problem: string
+    | MissingShard of index: string * shard: string * tensor: string
+    | TokenizerMismatch of tokenizer: string * tokenizerVocab: int * modelVocab: int
+    | TokenizerNotFound of model: string * looked: string
+    | TextTooShort of path: string * tokens: int * window: int
 
 module InputError =
     let private shape (s: int[]) = "[" + (s |> Array.map string |> String.concat ",") + "]"
@@ -25,6 +32,15 @@ module InputError =
         | ShapeMismatch(t, e, a) -> $"tensor '{t}' has shape {shape a}, expected {shape e}"
         | InvalidOption(o, why) -> $"{o}: {why}"
         | InvalidValue(t, why) -> $"tensor '{t}': {why}"
+        | UnsupportedModelType(p, t, ok) ->
+            let list = String.concat ", " ok
+            $"{p}: unsupported model_type '{t}' (supported: {list})"
+        | MissingConfigField(p, f) -> $"{p}: required field '{f}' is missing"
+        | InvalidConfigField(p, f, why) -> $"{p}: field '{f}' {why}"
+        | MissingShard(idx, shard, t) -> $"{idx}: shard '{shard}' (holding tensor '{t}') is missing"
+        | TokenizerMismatch(p, tv, mv) -> $"{p}: tokenizer has {tv} tokens but the model's vocabulary has {mv}"
+        | TokenizerNotFound(m, looked) -> $"{m}: no tokenizer found ({looked}); pass --tokenizer FILE"
+        | TextTooShort(p, n, w) -> $"{p}: text gives {n} tokens, fewer than one window of {w} (use --window)"
 
 /// Raised by the CLI layer to carry an InputError out of deep code paths (never caught inside the library).
 exception InputException of InputError
