@@ -79,7 +79,14 @@ let parse (path: string) (root: JsonElement) : Result<ModelConfig, InputError> =
           boolField "attention_bias" false, ropeScaling () with
     | Error e, _, _, _, _ | _, Error e, _, _, _ | _, _, Error e, _, _ | _, _, _, Error e, _ | _, _, _, _, Error e -> Error e
     | Ok eps, Ok theta, Ok tied, Ok attnBias, Ok scaling ->
-    if heads % kvHeads <> 0 then fail "num_key_value_heads" $"({kvHeads}) must divide num_attention_heads ({heads})"
+    // Features these families can switch on that the forward does not implement: refuse rather than
+    // silently compute another model.
+    let hiddenAct = tryProp root "hidden_act" |> Option.filter (fun v -> v.ValueKind = JsonValueKind.String) |> Option.map (fun v -> v.GetString())
+    let flagOn name = match tryProp root name with Some v -> v.ValueKind = JsonValueKind.True | None -> false
+    if hiddenAct |> Option.exists (fun a -> a <> "silu") then fail "hidden_act" $"is '{hiddenAct.Value}'; supported: silu (SwiGLU)"
+    elif flagOn "mlp_bias" then fail "mlp_bias" "is true; MLP biases are not supported"
+    elif flagOn "use_sliding_window" then fail "use_sliding_window" "is true; sliding-window attention is not supported"
+    elif heads % kvHeads <> 0 then fail "num_key_value_heads" $"({kvHeads}) must divide num_attention_heads ({heads})"
     elif headDim % 2 <> 0 then fail "head_dim" $"must be even for RoPE, got {headDim}"
     else
     Ok { Family = family

@@ -65,6 +65,15 @@ let tests =
             editConfig dir (fun o -> o["rope_scaling"] <- JsonNode.Parse """{"rope_type": "yarn", "factor": 4.0}""")
             expectError (ModelFiles.loadTeacher dir) [ "rope_scaling"; "yarn" ] }
 
+        test "features the forward does not implement are refused by name" {
+            for field, value, fragment in [ "hidden_act", JsonValue.Create "gelu" :> JsonNode, "supported: silu"
+                                            "mlp_bias", JsonValue.Create true, "not supported"
+                                            "use_sliding_window", JsonValue.Create true, "sliding-window" ] do
+                let dir = tempDir ()
+                HfWriter.write dir (teacher ()) HfWriter.F32 None
+                editConfig dir (fun o -> o[field] <- value)
+                expectError (ModelFiles.loadTeacher dir) [ "config.json"; field; fragment ] }
+
         test "a tensor of the wrong shape names both shapes" {
             let dir = tempDir ()
             HfWriter.write dir (teacher ()) HfWriter.F32 None
