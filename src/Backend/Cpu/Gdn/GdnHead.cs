@@ -1,0 +1,121 @@
+// One (batch, head) problem of the gated delta rule (kernels.md §3.1), gathered from the strided
+// [B,T,H,D] activations into contiguous per-head buffers so that the recurrent and chunked kernels run on
+// dense [T,D] rows; plus the in-kernel L2 norm of q and k (§3.4) and its backward.
+namespace TaylorCalibrate.Backend.Cpu;
+
+/// <summary>The inputs of one (b, h) gated-delta-rule problem, contiguous and (optionally) L2-normalised.</summary>
+internal sealed class GdnHead
+{
+    public readonly int T, K, V;
+    public readonly float[] Q;      // (T, K)  normalised when L2-norm is on
+    public readonly float[] Kx;     // (T, K)  normalised when L2-norm is on
+    public readonly float[] Vx;     // (T, V)
+    public readonly float[] G;      // (T)     log decay (≤ 0)
+    public readonly float[] Beta;   // (T)
+    public readonly float[]? RstdQ; // (T)     1/√(Σq² + 1e-6), saved for the backward
+    public readonly float[]? RstdK; // (T)
+    public readonly float[]? H0;    // (K, V)  initial state, null = zero
+
+    /// <summary>Eps of the in-kernel L2 norm, inside the square root (fla's convention).</summary>
+    public const float L2Eps = 1e-6f;
+
+    GdnHead(int t, int k, int v, bool l2, bool hasH0)
+    {
+        T = t; K = k; V = v;
+        Q = new float[t * k]; Kx = new float[t * k]; Vx = new float[t * v];
+        G = new float[t]; Beta = new float[t];
+        if (l2) { RstdQ = new float[t]; RstdK = new float[t]; }
+        if (hasH0) H0 = new float[k * v];
+    }
+
+    /// <summary>Gathers head (b, h) of q, k [B,T,H,K], v [B,T,H,V], g, beta [B,T,H], h0 [B,H,K,V].</summary>
+    public static GdnHead Gather(float[] q, float[] k, float[] v, float[] g, float[] beta, float[]? h0,
+                                 int b, int h, int T, int H, int K, int V, bool l2)
+    {
+        var p = new GdnHead(T, K, V, l2, h0 is not null);
+        GatherRows(q, p.Q, b, h, T, H, K);
+        GatherRows(k, p.Kx, b, h, T, H, K);
+        GatherRows(v, p.Vx, b, h, T, H, V);
+        for (int t = 0; t < T; t++)
+        {
+            long gi = ((long)b * T + t) * H + h;
+            p.G[t] = g[gi];
+            p.Beta[t] = beta[gi];
+        }
+        if (h0 is not null) Array.Copy(h0, ((long)b * H + h) * K * V, p.H0!, 0, (long)K * V);
+        if (l2)
+        {
+            L2Normalise(p.Q, p.RstdQ!, T, K);
+            L2Normalise(p.Kx, p.RstdK!, T, K);
+        }
+        return p;
+    }
+
+    /// <summary>dst (T, D) = rows of head (b, h) of src (B, T, H, D).</summary>
+    public static void GatherRows(float[] src, float[] dst, int b, int h, int T, int H, int D)
+    {
+        for (int t = 0; t < T; t++)
+            Array.Copy(src, (((long)b * T + t) * H + h) * D, dst, (long)t * D, D);
+    }
+
+    /// <summary>Rows of head (b, h) of dst (B, T, H, D) = src (T, D).</summary>
+    public static void ScatterRows(float[] src, float[] dst, int b, int h, int T, int H, int D)
+    {
+        for (int t = 0; t < T; t++)
+            Array.Copy(src, (long)t * D, dst, (((long)b * T + t) * H + h) * D, D);
+    }
+
+    /// <summary>dst[b, t, h] = src[t] for a [B,T,H] gate tensor.</summary>
+    public static void ScatterGate(float[] src, float[] dst, int b, int h, int T, int H)
+    {
+        for (int t = 0; t < T; t++) dst[((long)b * T + t) * H + h] = src[t];
+    }
+
+    // y = x·rstd, rstd = (Σx² + eps)^−½, per row of length D; fp32 sum of squares.
+    static void L2Normalise(float[] x, float[] rstd, int T, int D)
+    {
+        for (int t = 0; t < T; t++)
+        {
+            var row = x.AsSpan(t * D, D);
+            float ss = 0f;
+            foreach (var e in row) ss = MathF.FusedMultiplyAdd(e, e, ss);
+            float r = 1f / MathF.Sqrt(ss + L2Eps);
+            rstd[t] = r;
+            for (int i = 0; i < D; i++) row[i] *= r;
+        }
+    }
+
+    /// <summary>
+    /// In place: dy (T, D), the gradient w.r.t. the normalised rows y, becomes the gradient w.r.t. the raw
+    /// rows: dx = rstd·(dy − (dy·y)·y).
+    /// </summary>
+    public static void L2NormBackward(float[] dy, float[] y, float[] rstd, int T, int D)
+    {
+        for (int t = 0; t < T; t++)
+        {
+            var d = dy.AsSpan(t * D, D);
+            var yr = y.AsSpan(t * D, D);
+            float dot = 0f;
+            for (int i = 0; i < D; i++) dot = MathF.FusedMultiplyAdd(d[i], yr[i], dot);
+            float r = rstd[t];
+            for (int i = 0; i < D; i++) d[i] = r * (d[i] - dot * yr[i]);
+        }
+    }
+}
+
+/// <summary>Gradients of one (b, h) problem (w.r.t. the normalised q, k until <see cref="GdnHead.L2NormBackward"/>).</summary>
+internal sealed class GdnHeadGrads
+{
+    public readonly float[] DQ;    // (T, K)
+    public readonly float[] DK;    // (T, K)
+    public readonly float[] DV;    // (T, V)
+    public readonly float[] DG;    // (T)
+    public readonly float[] DBeta; // (T)
+    public readonly float[] DH0;   // (K, V)  gradient w.r.t. the initial state
+
+    public GdnHeadGrads(int T, int K, int V)
+    {
+        DQ = new float[T * K]; DK = new float[T * K]; DV = new float[T * V];
+        DG = new float[T]; DBeta = new float[T]; DH0 = new float[K * V];
+    }
+}

@@ -1,0 +1,235 @@
+// Token-recurrent gated delta rule on one (b, h) problem, forward and backward (BPTT with recomputation).
+// Maths: kernels.md §3.1. The state S is [K,V] row-major (row i = key coordinate i), fp32, and every token
+// step sweeps its rows twice with Vector256 over the V columns, so S (≤ 256 KiB at K = V = 256, 16 KiB at
+// 64) stays in L1/L2.
+using System.Runtime.Intrinsics;
+
+namespace TaylorCalibrate.Backend.Cpu;
+
+internal static unsafe class GdnRecurrent
+{
+    /// <summary>
+    /// o (T, V) = outputs; state (K, V) holds h0 (or zeros) on entry and the final state on exit.
+    /// With o null the steps only advance the state (recomputation in the backward).
+    /// </summary>
+    public static void Forward(GdnHead p, int t0, int t1, float scale, float* S, float* o, float* work)
+    {
+        int K = p.K, V = p.V;
+        float* kS = work;        // (V)  Sᵀk after the decay
+        float* u = work + V;     // (V)  β(v − Sᵀk)
+        fixed (float* q = p.Q, k = p.Kx, v = p.Vx)
+        {
+            for (int t = t0; t < t1; t++)
+            {
+                float* qt = q + (long)t * K, kt = k + (long)t * K, vt = v + (long)t * V;
+                float decay = MathF.Exp(p.G[t]);   // g ≤ 0, so no overflow
+                float beta = p.Beta[t];
+                // pass 1: S ← e^g·S and kS = Sᵀk
+                new Span<float>(kS, V).Clear();
+                for (int i = 0; i < K; i++) DecayAndAccumulate(S + (long)i * V, decay, kt[i], kS, V);
+                for (int j = 0; j < V; j++) u[j] = beta * (vt[j] - kS[j]);
+                // pass 2: S ← S + k uᵀ and o = scale·Sᵀq
+                if (o is null)
+                    for (int i = 0; i < K; i++) SmallMatrix.Axpy(kt[i], u, S + (long)i * V, V);
+                else
+                {
+                    float* ot = o + (long)t * V;
+                    new Span<float>(ot, V).Clear();
+                    for (int i = 0; i < K; i++) UpdateAndRead(S + (long)i * V, kt[i], u, qt[i], ot, V);
+                    SmallMatrix.ScaleInPlace(scale, ot, V);
+                }
+            }
+        }
+    }
+
+    // row ← decay·row; acc += a·row
+    static void DecayAndAccumulate(float* row, float decay, float a, float* acc, int n)
+    {
+        var vd = Vector256.Create(decay);
+        var va = Vector256.Create(a);
+        int j = 0;
+        for (; j + 8 <= n; j += 8)
+        {
+            var r = Vector256.Load(row + j) * vd;
+            r.Store(row + j);
+            Vector256.FusedMultiplyAdd(va, r, Vector256.Load(acc + j)).Store(acc + j);
+        }
+        for (; j < n; j++)
+        {
+            float r = row[j] * decay;
+            row[j] = r;
+            acc[j] = MathF.FusedMultiplyAdd(a, r, acc[j]);
+        }
+    }
+
+    // row ← row + a·u; acc += c·row
+    static void UpdateAndRead(float* row, float a, float* u, float c, float* acc, int n)
+    {
+        var va = Vector256.Create(a);
+        var vc = Vector256.Create(c);
+        int j = 0;
+        for (; j + 8 <= n; j += 8)
+        {
+            var r = Vector256.FusedMultiplyAdd(va, Vector256.Load(u + j), Vector256.Load(row + j));
+            r.Store(row + j);
+            Vector256.FusedMultiplyAdd(vc, r, Vector256.Load(acc + j)).Store(acc + j);
+        }
+        for (; j < n; j++)
+        {
+            float r = MathF.FusedMultiplyAdd(a, u[j], row[j]);
+            row[j] = r;
+            acc[j] = MathF.FusedMultiplyAdd(c, r, acc[j]);
+        }
+    }
+
+    /// <summary>
+    /// BPTT (kernels.md §3.1). States are recomputed: checkpoints every <c>seg</c> tokens, then each segment's
+    /// states are replayed forward into a buffer and walked backwards. dht (K, V) may be null.
+    /// Gradients of q, k are w.r.t. the (normalised) vectors in <paramref name="p"/>.
+    /// </summary>
+    public static void Backward(GdnHead p, float[] dO, float[]? dht, float scale, GdnHeadGrads grads)
+    {
+        int T = p.T, K = p.K, V = p.V, KV = K * V;
+        // Segment length: the replay buffer holds seg states; cap it at ~4 MiB per worker.
+        int seg = Math.Clamp((1 << 20) / KV, 1, 64);
+        int nSeg = (T + seg - 1) / seg;
+        var checkpoints = new float[(long)nSeg * KV];  // (nSeg, K, V) state before token s·seg
+        var replay = new float[(long)seg * KV];        // (seg, K, V)  state before each token of a segment
+        var dS = new float[KV];                        // (K, V) gradient w.r.t. the current state
+        var work = new float[6 * V + 2 * K];
+        fixed (float* ck = checkpoints, rp = replay, ds = dS, wk = work)
+        {
+            // forward sweep, saving checkpoints
+            if (p.H0 is not null) p.H0.AsSpan().CopyTo(checkpoints);
+            var S = new float[KV];
+            if (p.H0 is not null) p.H0.AsSpan().CopyTo(S);
+            fixed (float* s = S)
+                for (int sg = 0; sg < nSeg; sg++)
+                {
+                    new Span<float>(s, KV).CopyTo(new Span<float>(ck + (long)sg * KV, KV));
+                    Forward(p, sg * seg, Math.Min(T, (sg + 1) * seg), scale, s, null, wk);
+                }
+            if (dht is not null) dht.AsSpan().CopyTo(dS);
+            fixed (float* dOp = dO)
+                for (int sg = nSeg - 1; sg >= 0; sg--)
+                {
+                    int a = sg * seg, b = Math.Min(T, a + seg);
+                    new Span<float>(ck + (long)sg * KV, KV).CopyTo(new Span<float>(rp, KV));
+                    for (int t = a; t < b - 1; t++)
+                    {
+                        float* next = rp + (long)(t - a + 1) * KV;
+                        new Span<float>(rp + (long)(t - a) * KV, KV).CopyTo(new Span<float>(next, KV));
+                        Forward(p, t, t + 1, scale, next, null, wk);
+                    }
+                    for (int t = b - 1; t >= a; t--) Step(p, t, rp + (long)(t - a) * KV, ds, dOp + (long)t * V, scale, grads, wk);
+                }
+        }
+        dS.AsSpan().CopyTo(grads.DH0);
+    }
+
+    // One reverse step at token t. prev = S_{t−1} (K, V); dS (K, V) = dL/dS_t on entry, dL/dS_{t−1} on exit.
+    static void Step(GdnHead p, int t, float* prev, float* dS, float* dOt, float scale, GdnHeadGrads grads, float* work)
+    {
+        int K = p.K, V = p.V;
+        float decay = MathF.Exp(p.G[t]);
+        float beta = p.Beta[t];
+        float* kS = work;            // (V) S′ᵀk, S′ = e^g·S_{t−1}
+        float* du = work + V;        // (V) dSᵀk after adding scale·q dOᵀ
+        float* u = work + 2 * V;     // (V)
+        float* sdo = work + 6 * V;   // (K) S′·dO per row
+        fixed (float* q = p.Q, k = p.Kx, v = p.Vx, dq = grads.DQ, dk = grads.DK, dv = grads.DV)
+        {
+            float* qt = q + (long)t * K, kt = k + (long)t * K, vt = v + (long)t * V;
+            float qk = SmallMatrix.Dot(qt, kt, K);
+            new Span<float>(kS, V).Clear();
+            new Span<float>(du, V).Clear();
+            // pass A: kS = S′ᵀk, du = dSᵀk, sdo_i = S′_i·dO
+            for (int i = 0; i < K; i++)
+                sdo[i] = decay * PassA(prev + (long)i * V, dS + (long)i * V, decay, kt[i], kS, du, dOt, V);
+            // du += scale·(q·k)·dO  (the dS += scale·q dOᵀ term, seen through k)
+            SmallMatrix.Axpy(scale * qk, dOt, du, V);
+            float dbeta = 0f, udo = 0f;
+            float* dvt = dv + (long)t * V;
+            for (int j = 0; j < V; j++)
+            {
+                float r = vt[j] - kS[j];
+                u[j] = beta * r;
+                dbeta = MathF.FusedMultiplyAdd(du[j], r, dbeta);
+                dvt[j] = beta * du[j];
+                udo = MathF.FusedMultiplyAdd(u[j], dOt[j], udo);
+            }
+            // pass B: dS += scale·q dOᵀ; dk; dq; dS′ = dS − β k duᵀ; dg = Σ S′⊙dS′; dS ← e^g·dS′
+            float dg = 0f;
+            float* dqt = dq + (long)t * K, dkt = dk + (long)t * K;
+            for (int i = 0; i < K; i++)
+            {
+                PassB(prev + (long)i * V, dS + (long)i * V, decay, scale * qt[i], beta * kt[i], dOt, u, du, V,
+                      out float dSu, out float spdu, out float spdsp);
+                dkt[i] = dSu - beta * spdu;
+                dqt[i] = scale * (sdo[i] + kt[i] * udo);
+                dg += spdsp;
+            }
+            grads.DG[t] = dg;
+            grads.DBeta[t] = dbeta;
+        }
+    }
+
+    // Returns prev_i·dO (the caller multiplies by decay); kS += k_i·decay·prev_i; du += k_i·dS_i.
+    static float PassA(float* prev, float* dS, float decay, float ki, float* kS, float* du, float* dO, int n)
+    {
+        var vk = Vector256.Create(ki);
+        var vkd = Vector256.Create(ki * decay);
+        var acc = Vector256<float>.Zero;
+        int j = 0;
+        for (; j + 8 <= n; j += 8)
+        {
+            var pr = Vector256.Load(prev + j);
+            Vector256.FusedMultiplyAdd(vkd, pr, Vector256.Load(kS + j)).Store(kS + j);
+            Vector256.FusedMultiplyAdd(vk, Vector256.Load(dS + j), Vector256.Load(du + j)).Store(du + j);
+            acc = Vector256.FusedMultiplyAdd(pr, Vector256.Load(dO + j), acc);
+        }
+        float s = Vector256.Sum(acc);
+        for (; j < n; j++)
+        {
+            kS[j] = MathF.FusedMultiplyAdd(ki * decay, prev[j], kS[j]);
+            du[j] = MathF.FusedMultiplyAdd(ki, dS[j], du[j]);
+            s = MathF.FusedMultiplyAdd(prev[j], dO[j], s);
+        }
+        return s;
+    }
+
+    // Row i of the reverse step: d = dS_i + sq·dO; dSu = d·u; S′ = decay·prev; spdu = S′·du;
+    // dS′ = d − bk·du; spdsp = S′·dS′; dS_i ← decay·dS′.
+    static void PassB(float* prev, float* dS, float decay, float sq, float bk, float* dO, float* u, float* du, int n,
+                      out float dSu, out float spdu, out float spdsp)
+    {
+        var vdec = Vector256.Create(decay);
+        var vsq = Vector256.Create(sq);
+        var vbk = Vector256.Create(bk);
+        Vector256<float> a1 = default, a2 = default, a3 = default;
+        int j = 0;
+        for (; j + 8 <= n; j += 8)
+        {
+            var d = Vector256.FusedMultiplyAdd(vsq, Vector256.Load(dO + j), Vector256.Load(dS + j));
+            var sp = Vector256.Load(prev + j) * vdec;
+            var vdu = Vector256.Load(du + j);
+            a1 = Vector256.FusedMultiplyAdd(d, Vector256.Load(u + j), a1);
+            a2 = Vector256.FusedMultiplyAdd(sp, vdu, a2);
+            var dsp = Vector256.FusedMultiplyAdd(-vbk, vdu, d);
+            a3 = Vector256.FusedMultiplyAdd(sp, dsp, a3);
+            (dsp * vdec).Store(dS + j);
+        }
+        float s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
+        for (; j < n; j++)
+        {
+            float d = MathF.FusedMultiplyAdd(sq, dO[j], dS[j]);
+            float sp = prev[j] * decay;
+            s1 = MathF.FusedMultiplyAdd(d, u[j], s1);
+            s2 = MathF.FusedMultiplyAdd(sp, du[j], s2);
+            float dsp = MathF.FusedMultiplyAdd(-bk, du[j], d);
+            s3 = MathF.FusedMultiplyAdd(sp, dsp, s3);
+            dS[j] = dsp * decay;
+        }
+        dSu = s1; spdu = s2; spdsp = s3;
+    }
+}
