@@ -69,13 +69,13 @@ public sealed partial class CpuBackend
         {
             int b = bh / H, h = bh % H;
             var p = GdnHead.Gather(qf, kf, vf, gf, bf, h0f, b, h, T, H, K, V, s.L2NormQK);
-            var oh = new float[(long)T * V];   // (T, V)
-            var state = new float[(long)K * V]; // (K, V)
-            p.H0?.AsSpan().CopyTo(state);
+            var oh = Workspace.Get(Workspace.Slot.Output, (long)T * V);   // (T, V)
+            var state = Workspace.Get(Workspace.Slot.State, (long)K * V); // (K, V) h0 or zeros, then the final state
+            if (p.H0 is null) state.AsSpan(0, K * V).Clear(); else p.H0.AsSpan(0, K * V).CopyTo(state);
             if (s.Mode == GdnMode.Chunked) GdnChunked.Forward(p, s.ChunkSize, s.Scale, oh, state, null);
             else RecurrentForward(p, s.Scale, oh, state);
             GdnHead.ScatterRows(oh, of, b, h, T, H, V);
-            if (htf is not null) state.AsSpan().CopyTo(htf.AsSpan((int)((long)bh * K * V), K * V));
+            if (htf is not null) state.AsSpan(0, K * V).CopyTo(htf.AsSpan((int)((long)bh * K * V), K * V));
         });
     }
 
@@ -109,9 +109,14 @@ public sealed partial class CpuBackend
         {
             int b = bh / H, h = bh % H;
             var p = GdnHead.Gather(qf, kf, vf, gf, bf, h0f, b, h, T, H, K, V, s.L2NormQK);
-            var dOh = new float[(long)T * V];   // (T, V)
+            var dOh = Workspace.Get(Workspace.Slot.Upstream, (long)T * V);   // (T, V)
             GdnHead.GatherRows(dOf, dOh, b, h, T, H, V);
-            float[]? dhth = dhtf is null ? null : dhtf.AsSpan((int)((long)bh * K * V), K * V).ToArray();
+            float[]? dhth = null;                                    // (K, V)
+            if (dhtf is not null)
+            {
+                dhth = Workspace.Get(Workspace.Slot.UpstreamState, (long)K * V);
+                dhtf.AsSpan((int)((long)bh * K * V), K * V).CopyTo(dhth);
+            }
             var gr = new GdnHeadGrads(T, K, V);
             if (s.Mode == GdnMode.Chunked) GdnChunkedBackward.Run(p, s.ChunkSize, s.Scale, dOh, dhth, gr);
             else GdnRecurrent.Backward(p, dOh, dhth, s.Scale, gr);
@@ -125,7 +130,7 @@ public sealed partial class CpuBackend
             GdnHead.ScatterRows(gr.DV, dvf, b, h, T, H, V);
             GdnHead.ScatterGate(gr.DG, dgf, b, h, T, H);
             GdnHead.ScatterGate(gr.DBeta, dbf, b, h, T, H);
-            if (dh0f is not null) gr.DH0.AsSpan().CopyTo(dh0f.AsSpan((int)((long)bh * K * V), K * V));
+            if (dh0f is not null) gr.DH0.AsSpan(0, K * V).CopyTo(dh0f.AsSpan((int)((long)bh * K * V), K * V));
         });
     }
 

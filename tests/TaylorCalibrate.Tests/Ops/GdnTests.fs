@@ -17,17 +17,21 @@ let backends = [ Backends.cpu ]
 
 /// Tolerances: relative RMS error RMS(ref − out)/RMS(ref) against the double reference, fp32 kernels.
 /// fp32 has a unit roundoff of 6e-8; a length-K dot product and a state carried over T steps with decays
-/// ≤ 1 gather errors of about √(K·T)·6e-8 ≈ 1e-5 at K = 128, T = 300 in the worst (slow-decay) case.
-/// Observed (CPU, this suite's cases): see the report of issue 3; the limits keep ~3–10× headroom and stay
-/// far below fla's fp16 limits (5e-3 outputs, 8e-3 gradients, 2e-2 gate gradients).
+/// ≤ 1 gather errors of about √(K·T)·6e-8 ≈ 1e-5 at K = 128, T = 300 in the worst (slow-decay) case. The
+/// chunked form adds the fp32 local cumsum: with g ≈ −20 per step, γ reaches −1280 in a chunk, whose ulp
+/// (1e-4) becomes a relative error of e^{γ_r−γ_j} for neighbouring tokens.
+/// Observed maxima over this suite (CPU, TC_PRINT_ERRORS=1): recurrent ≤ 3e-7 (dg 1.3e-6); chunked 64
+/// o 1.6e-6, ht 5.3e-6, dq/dk/dv ≤ 2.8e-6, dg 3.8e-6, dβ 1e-6 (all in the g = Wide, K = 8 case);
+/// chunks 16/32 ≤ 5e-7. The limits keep ≥ 2× (outputs) and ~10× (gradients) headroom, are far below fla's
+/// fp16 limits (5e-3, 8e-3, 2e-2), and catch a 1 % error in any single gradient term.
 module Tol =
     /// o and the final state.
     let output = 1e-5
     /// dq, dk, dv, dh0: one more pass of fp32 sums than the forward, plus the L2-norm backward.
-    let grad = 1e-4
+    let grad = 3e-5
     /// dg, dβ: sums over whole rows/states of products that largely cancel (e.g. dγ = q·dq − k·dk), so their
-    /// relative error is the largest; fla allows 2.5× more here than for dq/dk/dv.
-    let gateGrad = 2e-4
+    /// relative error is the largest (fla allows 2.5× more here than for dq/dk/dv).
+    let gateGrad = 5e-5
     /// Pass outright when every |Δ| is below this (fla's 1e-6): values that are all ~0 (e.g. β ≈ 0).
     let absFloor = 1e-6
     /// Finite-difference check of the double reference: central differences with step 1e-5 are exact to
@@ -54,6 +58,9 @@ type Case =
         let opt b s = if b then " " + s else ""
         let flags = opt c.H0 "h0" + opt c.Dht "dht" + opt c.L2 "l2"
         $"B={c.B} T={c.T} H={c.H} K={c.K} V={c.V}{flags} g={c.Gates} β={c.Betas}"
+
+/// TC_PRINT_ERRORS=1 prints every observed relative RMS error (to re-derive the tolerances).
+let printErrors = Environment.GetEnvironmentVariable "TC_PRINT_ERRORS" = "1"
 
 /// fp32 inputs of a case (the reference gets exactly these values in double).
 type Data =
@@ -133,7 +140,9 @@ let expected (c: Case) (d: Data) =
 
 /// Checks every output and gradient of a backend result against the reference, each with its tolerance.
 let checkAll (e: Expected) (r: Result) (what: string) =
-    let close tol (exp: float[]) (act: float32[]) name = Numeric.close tol Tol.absFloor exp act $"{what}: {name}"
+    let close tol (exp: float[]) (act: float32[]) name =
+        if printErrors then eprintfn "error %s %s %.2e" what name (Numeric.relRms exp act)
+        Numeric.close tol Tol.absFloor exp act $"{what}: {name}"
     close Tol.output e.Fwd.O r.O "o"
     close Tol.output e.Fwd.Ht r.Ht "ht"
     close Tol.grad e.Grads.DQ r.DQ "dq"

@@ -2,6 +2,7 @@
 // statistics mode, backward in two race-free passes); statistics definitions: method.md §5.1 and §11d.
 // s_ij = scale·q_i·k_j for j ≤ i; query head h reads kv head h / (H/Hkv). Tiles of BR query rows × BC key
 // rows; no T×T matrix is ever formed (except the optional probs output, a diagnostic for small T).
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace TaylorCalibrate.Backend.Cpu;
@@ -23,6 +24,7 @@ internal static unsafe partial class FlashAttention
     /// o [B,T,H,D], lse [B,H,T] = m + ln l (natural log); stats [B,H,2] (mean distance, mean entropy) and
     /// probs [B,H,T,T] when not null.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Forward(float[] q, float[] k, float[] v, float[] o, float[] lse, float[]? stats, float[]? probs,
                                AttentionDims d, float scale)
     {
@@ -47,12 +49,13 @@ internal static unsafe partial class FlashAttention
         if (probs is not null) WriteProbs(q, k, lse, probs, d, scale);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void ForwardTile(float[] q, float[] k, float[] v, float[] o, float[] lse, double[]? partial, int item,
                             AttentionDims d, int b, int h, int i0, int i1, float scale)
     {
         int D = d.D, T = d.T, hk = h / d.Group, nr = i1 - i0;
         int qStride = d.H * D, kvStride = d.Hkv * D;
-        var work = new float[BR * D + D * BC + BR * BC + 4 * BR];
+        var work = Workspace.Get(Workspace.Slot.Tile, BR * D + D * BC + BR * BC + 4 * BR);
         fixed (float* qp = q, kp = k, vp = v, op = o, wk = work)
         {
             float* acc = wk;                  // (BR, D) un-normalised output
@@ -63,6 +66,7 @@ internal static unsafe partial class FlashAttention
             float* sD = l + BR;               // (BR) running Σe^{s−m}·D_ij
             float* sS = sD + BR;              // (BR) running Σe^{s−m}·s_ij
             new Span<float>(m, BR).Fill(MInit);
+            new Span<float>(l, 3 * BR).Clear();   // l, sD, sS (the tile buffer is reused, see Workspace)
             float* qb = qp + ((long)(b * T + i0) * d.H + h) * D;
             for (int j0 = 0; j0 < i1; j0 += BC)       // blocks right of the diagonal are skipped
             {
@@ -108,6 +112,7 @@ internal static unsafe partial class FlashAttention
 
     // s[c] ← e^{s[c]−m} for c < valid (arguments ≤ 0), 0 for valid ≤ c < n; returns Σp, Σp·max(off−c, 0.5), Σp·s
     // where off = i − j0 (so off − c = i − j).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void ExpRow(float* s, int valid, int n, float m, int off, out float ps, out float pd, out float pss)
     {
         var vm = Vector256.Create(m);
@@ -142,6 +147,7 @@ internal static unsafe partial class FlashAttention
     }
 
     // probs[b,h,i,j] = e^{s_ij − lse_i} for j ≤ i, else 0 (diagnostics; O(T²·D) plain dot products).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void WriteProbs(float[] q, float[] k, float[] lse, float[] probs, AttentionDims d, float scale)
     {
         int T = d.T, D = d.D;

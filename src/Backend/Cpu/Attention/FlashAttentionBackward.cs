@@ -2,6 +2,7 @@
 // dS_ij = P_ij(dO_i·v_j − δ_i); dV_j = Σ_i P_ij dO_i; dK_j = scale·Σ_i dS_ij q_i; dQ_i = scale·Σ_j dS_ij k_j.
 // Two passes without float atomics: dK/dV parallel over (b, kv head, key tile), looping over the group's
 // query heads and the query tiles from the diagonal on; dQ parallel over (b, h, query tile).
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace TaylorCalibrate.Backend.Cpu;
@@ -9,6 +10,7 @@ namespace TaylorCalibrate.Backend.Cpu;
 internal static unsafe partial class FlashAttention
 {
     /// <summary>dq [B,T,H,D]; dk, dv [B,T,Hkv,D] (overwritten, summed over each group's query heads).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Backward(float[] q, float[] k, float[] v, float[] o, float[] lse, float[] dO,
                                 float[] dq, float[] dk, float[] dv, AttentionDims d, float scale)
     {
@@ -29,6 +31,7 @@ internal static unsafe partial class FlashAttention
     }
 
     // P = e^{scale·Q Kᵀ − lse} (masked before exp), then dS = P ⊙ (dO Vᵀ − δ). S, dP: (BR, BC).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void ProbsAndScoreGrads(float* qb, float* dOb, float* kT, float* vT, int nr, int nc, int i0, int j0,
                                    float* lseRow, float* deltaRow, int stride, int D, float scale, float* S, float* dP)
     {
@@ -57,6 +60,7 @@ internal static unsafe partial class FlashAttention
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void KeyValueTile(float[] q, float[] k, float[] v, float[] lse, float[] dO, float[] delta,
                              float[] dk, float[] dv, AttentionDims d, int item, float scale)
     {
@@ -64,7 +68,7 @@ internal static unsafe partial class FlashAttention
         int kb = item % nB, bk = item / nB, b = bk / d.Hkv, hk = bk % d.Hkv;
         int j0 = kb * BC, nc = Math.Min(BC, T - j0);
         int qStride = d.H * D, kvStride = d.Hkv * D;
-        var work = new float[2 * D * BC + 2 * BR * BC + 2 * BC * D];
+        var work = Workspace.Get(Workspace.Slot.Tile, 2 * D * BC + 2 * BR * BC + 2 * BC * D);
         fixed (float* qp = q, kp = k, vp = v, lp = lse, dop = dO, dlp = delta, dkp = dk, dvp = dv, wk = work)
         {
             float* kT = wk;                 // (D, BC)
@@ -97,6 +101,7 @@ internal static unsafe partial class FlashAttention
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void QueryTile(float[] q, float[] k, float[] v, float[] lse, float[] dO, float[] delta,
                           float[] dq, AttentionDims d, int item, float scale)
     {
@@ -104,7 +109,7 @@ internal static unsafe partial class FlashAttention
         int qb = item % nB, bh = item / nB, b = bh / d.H, h = bh % d.H, hk = h / d.Group;
         int i0 = qb * BR, nr = Math.Min(BR, T - i0), i1 = i0 + nr;
         int qStride = d.H * D, kvStride = d.Hkv * D;
-        var work = new float[2 * D * BC + 2 * BR * BC + BR * D];
+        var work = Workspace.Get(Workspace.Slot.Tile, 2 * D * BC + 2 * BR * BC + BR * D);
         fixed (float* qp = q, kp = k, vp = v, lp = lse, dop = dO, dlp = delta, dqp = dq, wk = work)
         {
             float* kT = wk;                 // (D, BC)

@@ -2,16 +2,19 @@
 // numerical rules of §3.4. On the CPU a chunk's rows are simply n ≤ C valid rows (no padding), so the
 // partial last chunk needs no masking of padded rows; exponents are always differences γ_r − γ_j with r ≥ j
 // (or γ_last − γ_r, γ_r), which are ≤ 0 for g ≤ 0.
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 namespace TaylorCalibrate.Backend.Cpu;
 
 /// <summary>What the chunked forward keeps for the backward (recomputed there, never returned to callers).</summary>
 internal sealed class GdnChunkSaved(int T, int C, int K, int V)
 {
-    public readonly float[] Gamma = new float[T];                        // (T)        local cumsum of g per chunk
-    public readonly float[] A = new float[(long)((T + C - 1) / C) * C * C]; // (NT, C, C) (I + L)⁻¹
-    public readonly float[] W = new float[(long)T * K];                  // (T, K)     w = A·(K ⊙ βe^γ)
-    public readonly float[] VNew = new float[(long)T * V];               // (T, V)     u − w·h_c
-    public readonly float[] H = new float[(long)((T + C - 1) / C) * K * V]; // (NT, K, V) state at chunk start
+    // per-thread buffers (see Workspace), fully written by the forward
+    public readonly float[] Gamma = Workspace.Get(Workspace.Slot.SavedGamma, T);                         // (T)        local cumsum of g per chunk
+    public readonly float[] A = Workspace.Get(Workspace.Slot.SavedA, (long)((T + C - 1) / C) * C * C);  // (NT, C, C) (I + L)⁻¹
+    public readonly float[] W = Workspace.Get(Workspace.Slot.SavedW, (long)T * K);                       // (T, K)     w = A·(K ⊙ βe^γ)
+    public readonly float[] VNew = Workspace.Get(Workspace.Slot.SavedVNew, (long)T * V);                 // (T, V)     u − w·h_c
+    public readonly float[] H = Workspace.Get(Workspace.Slot.SavedH, (long)((T + C - 1) / C) * K * V);  // (NT, K, V) state at chunk start
 }
 
 /// <summary>Bump allocator over one pinned float buffer (per-worker scratch of the chunked kernels).</summary>
@@ -27,11 +30,12 @@ internal static unsafe class GdnChunked
     /// o (T, V) (null: no output), state (K, V): h0 or zeros on entry, final state on exit; saved (null: keep
     /// nothing) receives γ, A, w, v_new and h_c of every chunk.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Forward(GdnHead p, int C, float scale, float[]? o, float[] state, GdnChunkSaved? saved)
     {
         int T = p.T, K = p.K, V = p.V, NT = (T + C - 1) / C;
         long KV = (long)K * V;
-        var work = new float[C + 3L * K * C + 3L * C * C + 2L * C * V];
+        var work = Workspace.Get(Workspace.Slot.Scratch, C + 3L * K * C + 3L * C * C + 2L * C * V);
         var oDummy = o ?? [];
         var gs = saved?.Gamma ?? [];
         var As = saved?.A ?? [];
@@ -106,6 +110,7 @@ internal static unsafe class GdnChunked
     /// A (n×n of a C-strided tile, zero above the diagonal) = (I + L)⁻¹ with
     /// L_rj = β_r·KK_rj·e^{γ_r−γ_j} for j &lt; r: row r of A = e_r − Σ_{m&lt;r} L_rm·(row m of A).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void InvertUnitLower(float* KK, float[] beta, int t0, float* gam, int n, int C, float* A)
     {
         for (int r = 0; r < n; r++)
@@ -113,13 +118,10 @@ internal static unsafe class GdnChunked
             float* ar = A + (long)r * C;
             new Span<float>(ar, C).Clear();
             ar[r] = 1f;
-            float br = beta[t0 + r];
-            float* kkr = KK + (long)r * C;
+            float* lr = KK + (long)r * C;
+            DecayRow(lr, gam, gam[r], r, beta[t0 + r]);   // row r of L, in place of K Kᵀ
             for (int m = 0; m < r; m++)
-            {
-                float lrm = br * kkr[m] * MathF.Exp(gam[r] - gam[m]);
-                if (lrm != 0f) SmallMatrix.Axpy(-lrm, A + (long)m * C, ar, m + 1);
-            }
+                if (lr[m] != 0f) SmallMatrix.Axpy(-lr[m], A + (long)m * C, ar, m + 1);
         }
     }
 
@@ -127,21 +129,37 @@ internal static unsafe class GdnChunked
     /// X_rj ← s·X_rj·e^{γ_r−γ_j} for j ≤ r (j &lt; r when strict), 0 elsewhere; the exponent is masked
     /// before exp, so it is always ≤ 0.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void MaskDecay(float* X, float* gam, int n, int C, float s, bool strict)
     {
         for (int r = 0; r < n; r++)
         {
             float* xr = X + (long)r * C;
-            int last = strict ? r - 1 : r;
-            float gr = gam[r];
-            for (int j = 0; j <= last; j++) xr[j] *= s * MathF.Exp(gr - gam[j]);
-            for (int j = last + 1; j < n; j++) xr[j] = 0f;
+            int count = strict ? r : r + 1;
+            DecayRow(xr, gam, gam[r], count, s);
+            for (int j = count; j < n; j++) xr[j] = 0f;
         }
     }
 
+    /// <summary>x[j] ← s·x[j]·e^{gr − γ_j} for j &lt; count (callers pass count ≤ r + 1, so exponents are ≤ 0).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void DecayRow(float* x, float* gam, float gr, int count, float s)
+    {
+        var vg = Vector256.Create(gr);
+        var vs = Vector256.Create(s);
+        int j = 0;
+        for (; j + 8 <= count; j += 8)
+            (Vector256.Load(x + j) * vs * Vector256.Exp(vg - Vector256.Load(gam + j))).Store(x + j);
+        for (; j < count; j++) x[j] *= s * MathF.Exp(gr - gam[j]);
+    }
+
     /// <summary>dst[0..n) = a·src[0..n).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ScaleRow(float* src, float a, float* dst, int n)
     {
-        for (int i = 0; i < n; i++) dst[i] = a * src[i];
+        var va = Vector256.Create(a);
+        int i = 0;
+        for (; i + 8 <= n; i += 8) (Vector256.Load(src + i) * va).Store(dst + i);
+        for (; i < n; i++) dst[i] = a * src[i];
     }
 }

@@ -2,24 +2,26 @@
 // the forward is replayed to recompute γ, A, w, v_new and h_c per chunk, then a reverse scan over chunks
 // carries dh (the gradient w.r.t. the state at the end of the chunk) and produces every input gradient.
 // Exponents are differences γ_r − γ_j (r ≥ j), γ_r and γ_last − γ_r, all ≤ 0 (§3.4).
+using System.Runtime.CompilerServices;
 namespace TaylorCalibrate.Backend.Cpu;
 
 internal static unsafe class GdnChunkedBackward
 {
     /// <summary>dO (T, V); dht (K, V) or null. Gradients of q, k are w.r.t. the vectors in <paramref name="p"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Run(GdnHead p, int C, float scale, float[] dO, float[]? dht, GdnHeadGrads grads)
     {
         int T = p.T, K = p.K, V = p.V, NT = (T + C - 1) / C;
         long KV = (long)K * V;
         var saved = new GdnChunkSaved(T, C, K, V);
-        var state = new float[KV];
-        p.H0?.AsSpan().CopyTo(state);
+        var state = Workspace.Get(Workspace.Slot.State, KV);
+        if (p.H0 is null) state.AsSpan(0, (int)KV).Clear(); else p.H0.AsSpan(0, (int)KV).CopyTo(state);
         GdnChunked.Forward(p, C, scale, null, state, saved);
 
-        var dhArr = new float[KV];                 // (K, V) dL/d(state at the end of the current chunk)
-        dht?.AsSpan().CopyTo(dhArr);
+        var dhArr = Workspace.Get(Workspace.Slot.DState, KV);   // (K, V) dL/d(state at the end of the current chunk)
+        if (dht is null) dhArr.AsSpan(0, (int)KV).Clear(); else dht.AsSpan(0, (int)KV).CopyTo(dhArr);
         long CC = (long)C * C;
-        var work = new float[8 * CC + 5L * C * K + 4L * C * V + 2L * V * K + 2L * K * C + 2L * V * C + C];
+        var work = Workspace.Get(Workspace.Slot.ScratchBackward, 8 * CC + 5L * C * K + 4L * C * V + 2L * V * K + 2L * K * C + 2L * V * C + C);
         fixed (float* q = p.Q, k = p.Kx, v = p.Vx, dOb = dO, dh = dhArr, wk = work,
                gAll = saved.Gamma, aAll = saved.A, wAll = saved.W, vnAll = saved.VNew, hAll = saved.H,
                dq = grads.DQ, dk = grads.DK, dv = grads.DV)
@@ -155,6 +157,6 @@ internal static unsafe class GdnChunkedBackward
                 for (int r = n - 1; r >= 0; r--) { acc += dgam[r]; grads.DG[t0 + r] = acc; }
             }
         }
-        dhArr.AsSpan().CopyTo(grads.DH0);
+        dhArr.AsSpan(0, (int)KV).CopyTo(grads.DH0);
     }
 }

@@ -1,6 +1,7 @@
 // One (batch, head) problem of the gated delta rule (kernels.md §3.1), gathered from the strided
 // [B,T,H,D] activations into contiguous per-head buffers so that the recurrent and chunked kernels run on
 // dense [T,D] rows; plus the in-kernel L2 norm of q and k (§3.4) and its backward.
+using System.Runtime.CompilerServices;
 namespace TaylorCalibrate.Backend.Cpu;
 
 /// <summary>The inputs of one (b, h) gated-delta-rule problem, contiguous and (optionally) L2-normalised.</summary>
@@ -15,6 +16,7 @@ internal sealed class GdnHead
     public readonly float[]? RstdQ; // (T)     1/√(Σq² + 1e-6), saved for the backward
     public readonly float[]? RstdK; // (T)
     public readonly float[]? H0;    // (K, V)  initial state, null = zero
+    // (buffers may be longer than stated; only the stated prefix is meaningful)
 
     /// <summary>Eps of the in-kernel L2 norm, inside the square root (fla's convention).</summary>
     public const float L2Eps = 1e-6f;
@@ -22,13 +24,15 @@ internal sealed class GdnHead
     GdnHead(int t, int k, int v, bool l2, bool hasH0)
     {
         T = t; K = k; V = v;
-        Q = new float[t * k]; Kx = new float[t * k]; Vx = new float[t * v];
-        G = new float[t]; Beta = new float[t];
-        if (l2) { RstdQ = new float[t]; RstdK = new float[t]; }
-        if (hasH0) H0 = new float[k * v];
+        // per-thread buffers (see Workspace): every element up to the stated length is written by Gather
+        Q = Workspace.Get(Workspace.Slot.HeadQ, (long)t * k); Kx = Workspace.Get(Workspace.Slot.HeadK, (long)t * k); Vx = Workspace.Get(Workspace.Slot.HeadV, (long)t * v);
+        G = Workspace.Get(Workspace.Slot.HeadG, t); Beta = Workspace.Get(Workspace.Slot.HeadBeta, t);
+        if (l2) { RstdQ = Workspace.Get(Workspace.Slot.HeadRstdQ, t); RstdK = Workspace.Get(Workspace.Slot.HeadRstdK, t); }
+        if (hasH0) H0 = Workspace.Get(Workspace.Slot.HeadH0, (long)k * v);
     }
 
     /// <summary>Gathers head (b, h) of q, k [B,T,H,K], v [B,T,H,V], g, beta [B,T,H], h0 [B,H,K,V].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static GdnHead Gather(float[] q, float[] k, float[] v, float[] g, float[] beta, float[]? h0,
                                  int b, int h, int T, int H, int K, int V, bool l2)
     {
@@ -52,6 +56,7 @@ internal sealed class GdnHead
     }
 
     /// <summary>dst (T, D) = rows of head (b, h) of src (B, T, H, D).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void GatherRows(float[] src, float[] dst, int b, int h, int T, int H, int D)
     {
         for (int t = 0; t < T; t++)
@@ -59,6 +64,7 @@ internal sealed class GdnHead
     }
 
     /// <summary>Rows of head (b, h) of dst (B, T, H, D) = src (T, D).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ScatterRows(float[] src, float[] dst, int b, int h, int T, int H, int D)
     {
         for (int t = 0; t < T; t++)
@@ -66,12 +72,14 @@ internal sealed class GdnHead
     }
 
     /// <summary>dst[b, t, h] = src[t] for a [B,T,H] gate tensor.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ScatterGate(float[] src, float[] dst, int b, int h, int T, int H)
     {
         for (int t = 0; t < T; t++) dst[((long)b * T + t) * H + h] = src[t];
     }
 
     // y = x·rstd, rstd = (Σx² + eps)^−½, per row of length D; fp32 sum of squares.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void L2Normalise(float[] x, float[] rstd, int T, int D)
     {
         for (int t = 0; t < T; t++)
@@ -89,6 +97,7 @@ internal sealed class GdnHead
     /// In place: dy (T, D), the gradient w.r.t. the normalised rows y, becomes the gradient w.r.t. the raw
     /// rows: dx = rstd·(dy − (dy·y)·y).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void L2NormBackward(float[] dy, float[] y, float[] rstd, int T, int D)
     {
         for (int t = 0; t < T; t++)
@@ -115,7 +124,8 @@ internal sealed class GdnHeadGrads
 
     public GdnHeadGrads(int T, int K, int V)
     {
-        DQ = new float[T * K]; DK = new float[T * K]; DV = new float[T * V];
-        DG = new float[T]; DBeta = new float[T]; DH0 = new float[K * V];
+        // per-thread buffers (see Workspace): both kernels write every element up to the stated length
+        DQ = Workspace.Get(Workspace.Slot.GradQ, (long)T * K); DK = Workspace.Get(Workspace.Slot.GradK, (long)T * K); DV = Workspace.Get(Workspace.Slot.GradV, (long)T * V);
+        DG = Workspace.Get(Workspace.Slot.GradG, T); DBeta = Workspace.Get(Workspace.Slot.GradBeta, T); DH0 = Workspace.Get(Workspace.Slot.GradH0, (long)K * V);
     }
 }

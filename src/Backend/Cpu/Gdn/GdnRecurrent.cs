@@ -2,6 +2,7 @@
 // Maths: kernels.md §3.1. The state S is [K,V] row-major (row i = key coordinate i), fp32, and every token
 // step sweeps its rows twice with Vector256 over the V columns, so S (≤ 256 KiB at K = V = 256, 16 KiB at
 // 64) stays in L1/L2.
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace TaylorCalibrate.Backend.Cpu;
@@ -12,6 +13,7 @@ internal static unsafe class GdnRecurrent
     /// o (T, V) = outputs; state (K, V) holds h0 (or zeros) on entry and the final state on exit.
     /// With o null the steps only advance the state (recomputation in the backward).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Forward(GdnHead p, int t0, int t1, float scale, float* S, float* o, float* work)
     {
         int K = p.K, V = p.V;
@@ -24,25 +26,70 @@ internal static unsafe class GdnRecurrent
                 float* qt = q + (long)t * K, kt = k + (long)t * K, vt = v + (long)t * V;
                 float decay = MathF.Exp(p.G[t]);   // g ≤ 0, so no overflow
                 float beta = p.Beta[t];
+                // Columns of S are independent within a step, so blocks of 32 columns keep their
+                // accumulators (kS, o) in registers; the V % 32 tail columns go row by row.
+                int vb = V - V % 32;
                 // pass 1: S ← e^g·S and kS = Sᵀk
-                new Span<float>(kS, V).Clear();
-                for (int i = 0; i < K; i++) DecayAndAccumulate(S + (long)i * V, decay, kt[i], kS, V);
-                for (int j = 0; j < V; j++) u[j] = beta * (vt[j] - kS[j]);
-                // pass 2: S ← S + k uᵀ and o = scale·Sᵀq
-                if (o is null)
-                    for (int i = 0; i < K; i++) SmallMatrix.Axpy(kt[i], u, S + (long)i * V, V);
-                else
+                for (int j0 = 0; j0 < vb; j0 += 32) DecayAndAccumulate32(S + j0, K, V, decay, kt, kS + j0);
+                if (vb < V)
                 {
-                    float* ot = o + (long)t * V;
-                    new Span<float>(ot, V).Clear();
-                    for (int i = 0; i < K; i++) UpdateAndRead(S + (long)i * V, kt[i], u, qt[i], ot, V);
-                    SmallMatrix.ScaleInPlace(scale, ot, V);
+                    new Span<float>(kS + vb, V - vb).Clear();
+                    for (int i = 0; i < K; i++) DecayAndAccumulate(S + (long)i * V + vb, decay, kt[i], kS + vb, V - vb);
                 }
+                for (int j = 0; j < V; j++) u[j] = beta * (vt[j] - kS[j]);
+                // pass 2: S ← S + k uᵀ and o = scale·Sᵀq (o = null: state only)
+                float* ot = o is null ? kS : o + (long)t * V;   // kS is dead here: a sink for the unused read
+                for (int j0 = 0; j0 < vb; j0 += 32) UpdateAndRead32(S + j0, K, V, kt, u + j0, qt, ot + j0);
+                if (vb < V)
+                {
+                    new Span<float>(ot + vb, V - vb).Clear();
+                    for (int i = 0; i < K; i++) UpdateAndRead(S + (long)i * V + vb, kt[i], u + vb, qt[i], ot + vb, V - vb);
+                }
+                if (o is not null) SmallMatrix.ScaleInPlace(scale, ot, V);
             }
         }
     }
 
+    // Columns [0, 32) of S (K rows, stride V): S ← decay·S; kS[0..32) = Σ_i k_i·S[i, ·].
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void DecayAndAccumulate32(float* S, int K, int V, float decay, float* k, float* kS)
+    {
+        var vd = Vector256.Create(decay);
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        float* r = S;
+        for (int i = 0; i < K; i++, r += V)
+        {
+            var vk = Vector256.Create(k[i]);
+            var x0 = Vector256.Load(r) * vd; x0.Store(r); a0 = Vector256.FusedMultiplyAdd(vk, x0, a0);
+            var x1 = Vector256.Load(r + 8) * vd; x1.Store(r + 8); a1 = Vector256.FusedMultiplyAdd(vk, x1, a1);
+            var x2 = Vector256.Load(r + 16) * vd; x2.Store(r + 16); a2 = Vector256.FusedMultiplyAdd(vk, x2, a2);
+            var x3 = Vector256.Load(r + 24) * vd; x3.Store(r + 24); a3 = Vector256.FusedMultiplyAdd(vk, x3, a3);
+        }
+        a0.Store(kS); a1.Store(kS + 8); a2.Store(kS + 16); a3.Store(kS + 24);
+    }
+
+    // Columns [0, 32) of S: S ← S + k uᵀ; o[0..32) = Σ_i q_i·S[i, ·] (unscaled).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void UpdateAndRead32(float* S, int K, int V, float* k, float* u, float* q, float* o)
+    {
+        var u0 = Vector256.Load(u); var u1 = Vector256.Load(u + 8);
+        var u2 = Vector256.Load(u + 16); var u3 = Vector256.Load(u + 24);
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        float* r = S;
+        for (int i = 0; i < K; i++, r += V)
+        {
+            var vk = Vector256.Create(k[i]);
+            var vq = Vector256.Create(q[i]);
+            var x0 = Vector256.FusedMultiplyAdd(vk, u0, Vector256.Load(r)); x0.Store(r); a0 = Vector256.FusedMultiplyAdd(vq, x0, a0);
+            var x1 = Vector256.FusedMultiplyAdd(vk, u1, Vector256.Load(r + 8)); x1.Store(r + 8); a1 = Vector256.FusedMultiplyAdd(vq, x1, a1);
+            var x2 = Vector256.FusedMultiplyAdd(vk, u2, Vector256.Load(r + 16)); x2.Store(r + 16); a2 = Vector256.FusedMultiplyAdd(vq, x2, a2);
+            var x3 = Vector256.FusedMultiplyAdd(vk, u3, Vector256.Load(r + 24)); x3.Store(r + 24); a3 = Vector256.FusedMultiplyAdd(vq, x3, a3);
+        }
+        a0.Store(o); a1.Store(o + 8); a2.Store(o + 16); a3.Store(o + 24);
+    }
+
     // row ← decay·row; acc += a·row
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void DecayAndAccumulate(float* row, float decay, float a, float* acc, int n)
     {
         var vd = Vector256.Create(decay);
@@ -63,6 +110,7 @@ internal static unsafe class GdnRecurrent
     }
 
     // row ← row + a·u; acc += c·row
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void UpdateAndRead(float* row, float a, float* u, float c, float* acc, int n)
     {
         var va = Vector256.Create(a);
@@ -87,29 +135,29 @@ internal static unsafe class GdnRecurrent
     /// states are replayed forward into a buffer and walked backwards. dht (K, V) may be null.
     /// Gradients of q, k are w.r.t. the (normalised) vectors in <paramref name="p"/>.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Backward(GdnHead p, float[] dO, float[]? dht, float scale, GdnHeadGrads grads)
     {
         int T = p.T, K = p.K, V = p.V, KV = K * V;
         // Segment length: the replay buffer holds seg states; cap it at ~4 MiB per worker.
         int seg = Math.Clamp((1 << 20) / KV, 1, 64);
         int nSeg = (T + seg - 1) / seg;
-        var checkpoints = new float[(long)nSeg * KV];  // (nSeg, K, V) state before token s·seg
-        var replay = new float[(long)seg * KV];        // (seg, K, V)  state before each token of a segment
-        var dS = new float[KV];                        // (K, V) gradient w.r.t. the current state
-        var work = new float[6 * V + 2 * K];
+        var checkpoints = Workspace.Get(Workspace.Slot.Checkpoints, (long)nSeg * KV);  // (nSeg, K, V) state before token s·seg
+        var replay = Workspace.Get(Workspace.Slot.Replay, (long)seg * KV);             // (seg, K, V)  state before each token of a segment
+        var dS = Workspace.Get(Workspace.Slot.DState, KV);                             // (K, V) gradient w.r.t. the current state
+        var S = Workspace.Get(Workspace.Slot.State, KV);                               // (K, V) state of the forward sweep
+        var work = Workspace.Get(Workspace.Slot.ScratchBackward, 6 * V + 2 * K);
         fixed (float* ck = checkpoints, rp = replay, ds = dS, wk = work)
         {
             // forward sweep, saving checkpoints
-            if (p.H0 is not null) p.H0.AsSpan().CopyTo(checkpoints);
-            var S = new float[KV];
-            if (p.H0 is not null) p.H0.AsSpan().CopyTo(S);
+            if (p.H0 is null) S.AsSpan(0, KV).Clear(); else p.H0.AsSpan(0, KV).CopyTo(S);
             fixed (float* s = S)
                 for (int sg = 0; sg < nSeg; sg++)
                 {
                     new Span<float>(s, KV).CopyTo(new Span<float>(ck + (long)sg * KV, KV));
                     Forward(p, sg * seg, Math.Min(T, (sg + 1) * seg), scale, s, null, wk);
                 }
-            if (dht is not null) dht.AsSpan().CopyTo(dS);
+            if (dht is null) dS.AsSpan(0, KV).Clear(); else dht.AsSpan(0, KV).CopyTo(dS);
             fixed (float* dOp = dO)
                 for (int sg = nSeg - 1; sg >= 0; sg--)
                 {
@@ -124,10 +172,11 @@ internal static unsafe class GdnRecurrent
                     for (int t = b - 1; t >= a; t--) Step(p, t, rp + (long)(t - a) * KV, ds, dOp + (long)t * V, scale, grads, wk);
                 }
         }
-        dS.AsSpan().CopyTo(grads.DH0);
+        dS.AsSpan(0, KV).CopyTo(grads.DH0);
     }
 
     // One reverse step at token t. prev = S_{t−1} (K, V); dS (K, V) = dL/dS_t on entry, dL/dS_{t−1} on exit.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Step(GdnHead p, int t, float* prev, float* dS, float* dOt, float scale, GdnHeadGrads grads, float* work)
     {
         int K = p.K, V = p.V;
@@ -175,6 +224,7 @@ internal static unsafe class GdnRecurrent
     }
 
     // Returns prev_i·dO (the caller multiplies by decay); kS += k_i·decay·prev_i; du += k_i·dS_i.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float PassA(float* prev, float* dS, float decay, float ki, float* kS, float* du, float* dO, int n)
     {
         var vk = Vector256.Create(ki);
@@ -200,6 +250,7 @@ internal static unsafe class GdnRecurrent
 
     // Row i of the reverse step: d = dS_i + sq·dO; dSu = d·u; S′ = decay·prev; spdu = S′·du;
     // dS′ = d − bk·du; spdsp = S′·dS′; dS_i ← decay·dS′.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void PassB(float* prev, float* dS, float decay, float sq, float bk, float* dO, float* u, float* du, int n,
                       out float dSu, out float spdu, out float spdsp)
     {
