@@ -83,6 +83,7 @@ internal sealed unsafe class MemoryPool : IDisposable
     readonly ulong blockSize;
     readonly string what;
     readonly List<MemoryBlock> blocks = new();
+    readonly HashSet<DeviceBuffer> live = new();   // destroyed on Dispose: tensors the caller never disposed
 
     public MemoryPool(VulkanContext ctx, uint typeIndex, bool map, ulong blockSize, string what)
     {
@@ -111,7 +112,7 @@ internal sealed unsafe class MemoryPool : IDisposable
         };
         VulkanContext.Check(vk.CreateBuffer(ctx.Device, &info, null, out var handle), "vkCreateBuffer");
         vk.GetBufferMemoryRequirements(ctx.Device, handle, out var req);
-        ulong align = Math.Max(req.Alignment, ctx.MinStorageBufferOffsetAlignment);
+        ulong align = Math.Max(Math.Max(req.Alignment, ctx.MinStorageBufferOffsetAlignment), 16);   // 16: vec4 loads
         MemoryBlock? block = null;
         ulong offset = 0;
         if (req.Size <= blockSize / 2)
@@ -136,11 +137,13 @@ internal sealed unsafe class MemoryPool : IDisposable
             vk.DestroyBuffer(ctx.Device, handle, null);
             VulkanContext.Check(r, "vkBindBufferMemory");
         }
-        return new DeviceBuffer
+        var buffer = new DeviceBuffer
         {
             Handle = handle, Size = size, Block = block, BlockOffset = offset, BlockBytes = req.Size,
             Mapped = block.Mapped == null ? null : block.Mapped + offset,
         };
+        live.Add(buffer);
+        return buffer;
     }
 
     MemoryBlock Allocate(ulong size, bool dedicated)
@@ -170,6 +173,7 @@ internal sealed unsafe class MemoryPool : IDisposable
     /// <summary>Destroys the buffer and returns its range (the caller guarantees the device no longer uses it).</summary>
     public void Free(DeviceBuffer b)
     {
+        if (!live.Remove(b)) return;
         ctx.Vk.DestroyBuffer(ctx.Device, b.Handle, null);
         b.Block.Return(b.BlockOffset, b.BlockBytes);
         if (b.Block.Dedicated) Release(b.Block);
@@ -190,6 +194,8 @@ internal sealed unsafe class MemoryPool : IDisposable
 
     public void Dispose()
     {
+        foreach (var b in live) ctx.Vk.DestroyBuffer(ctx.Device, b.Handle, null);
+        live.Clear();
         foreach (var b in blocks.ToList()) Release(b);
     }
 }
