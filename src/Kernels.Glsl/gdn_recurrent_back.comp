@@ -81,9 +81,9 @@ void loadState(uint base) {
 void reverseStep(uint t, uint prevBase) {
     uint ko = qkIndex(b, t, h), gi = gateIndex(b, t, h), vo = vIndex(b, t, h);
     uint part = args.offPart + (bh * WG + gl_LocalInvocationID.x) * NP;
+    float rq, rk;
+    norms(ko, rq, rk);                            // the same for every invocation (uniform loads)
     if (live) {
-        float rq, rk;
-        norms(ko, rq, rk);
         float decay = exp(gb[gi]), beta = gb[args.B * args.T * args.H + gi];
         float dOj = dO[vo + j], sdO = args.scale * rq * dOj;    // scale·q̂_i·dO_j = sdO·q_i
         float kS = 0.0, du = 0.0;
@@ -126,8 +126,6 @@ void reverseStep(uint t, uint prevBase) {
         red[x] = s;
     }
     barrier();   // red complete; also orders these reads of part before the next step's writes
-    float rq, rk;
-    norms(ko, rq, rk);
     for (uint x = gl_LocalInvocationID.x; x < DK; x += WG) {
         gr[ko + x] = args.scale * (red[x] + rk * k[ko + x] * red[2 * DK + 2]);   // dq̂
         gr[args.offDk + ko + x] = red[DK + x];                                     // dk̂
@@ -155,21 +153,24 @@ void main() {
             dS[i] = (args.flags & GDN_FINAL) != 0u ? st[args.B * args.H * KV + stateIndex(bh, i, j)] : 0.0;
         }
     }
-    // forward sweep: checkpoint at every segment start
-    for (uint sg = 0; sg < args.nSeg; sg++) {
-        if (live) saveState((bh * args.nSeg + sg) * KV);
-        uint t1 = min(args.T, (sg + 1) * args.seg);
-        if (live) for (uint t = sg * args.seg; t < t1; t++) advance(t);
-    }
-    // reverse sweep, one segment at a time
-    for (uint sg = args.nSeg; sg-- > 0;) {
-        uint t0 = sg * args.seg, t1 = min(args.T, t0 + args.seg);
+    // Step 0 is the forward sweep over all tokens, saving a checkpoint at every segment start; step
+    // s ≥ 1 replays segment nSeg − s from its checkpoint, saving the state before each token, and walks it
+    // backwards. One loop, so advance() and saveState() are inlined once (lavapipe compile time).
+    for (uint step = 0; step <= args.nSeg; step++) {
+        bool sweep = step == 0;
+        uint sg = sweep ? 0 : args.nSeg - step;
+        uint t0 = sg * args.seg, t1 = sweep ? args.T : min(args.T, t0 + args.seg);
         uint rp = args.offRp + bh * args.seg * KV;
         if (live) {
-            loadState((bh * args.nSeg + sg) * KV);
-            for (uint t = t0; t < t1; t++) { saveState(rp + (t - t0) * KV); advance(t); }
+            if (!sweep) loadState((bh * args.nSeg + sg) * KV);
+            for (uint t = t0; t < t1; t++) {
+                if (!sweep || t % args.seg == 0)
+                    saveState(sweep ? (bh * args.nSeg + t / args.seg) * KV : rp + (t - t0) * KV);
+                advance(t);
+            }
         }
-        for (uint t = t1; t-- > t0;) reverseStep(t, rp + (t - t0) * KV);
+        if (!sweep)
+            for (uint t = t1; t-- > t0;) reverseStep(t, rp + (t - t0) * KV);
     }
     if (live && (args.flags & GDN_DH0) != 0u)
         for (uint i0 = 0; i0 < DK; i0 += KCHUNK) [[unroll]] for (uint ic = 0; ic < KCHUNK; ic++) {
