@@ -11,8 +11,8 @@ open TaylorCalibrate.Tests
 
 module Ref = TaylorCalibrate.Tests.AttentionReference
 
-// Backends under test. The Vulkan attention shaders are not written yet; then this becomes Backends.all.
-let backends = [ Backends.cpu ]
+// Backends under test (Vulkan: lavapipe unless TC_TEST_VULKAN names a device).
+let backends = Backends.all
 
 /// Tolerances: relative RMS error against the double reference (fp32 kernels). Softmax in fp32 is
 /// accurate to a few ulp per probability (the max shift keeps every exponent ≤ 0), and each output is a
