@@ -5,7 +5,7 @@ using System.Runtime.CompilerServices;
 namespace TaylorCalibrate.Backend.Cpu;
 
 /// <summary>The inputs of one (b, h) gated-delta-rule problem, contiguous and (optionally) L2-normalised.</summary>
-internal sealed class GdnHead
+internal sealed unsafe class GdnHead
 {
     public readonly int T, K, V;
     public readonly float[] Q;      // (T, K)  normalised when L2-norm is on
@@ -82,15 +82,14 @@ internal sealed class GdnHead
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void L2Normalise(float[] x, float[] rstd, int T, int D)
     {
-        for (int t = 0; t < T; t++)
-        {
-            var row = x.AsSpan(t * D, D);
-            float ss = 0f;
-            foreach (var e in row) ss = MathF.FusedMultiplyAdd(e, e, ss);
-            float r = 1f / MathF.Sqrt(ss + L2Eps);
-            rstd[t] = r;
-            for (int i = 0; i < D; i++) row[i] *= r;
-        }
+        fixed (float* xp = x)
+            for (int t = 0; t < T; t++)
+            {
+                float* row = xp + (long)t * D;
+                float r = 1f / MathF.Sqrt(SmallMatrix.Dot(row, row, D) + L2Eps);
+                rstd[t] = r;
+                SmallMatrix.ScaleInPlace(r, row, D);
+            }
     }
 
     /// <summary>
@@ -100,15 +99,14 @@ internal sealed class GdnHead
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void L2NormBackward(float[] dy, float[] y, float[] rstd, int T, int D)
     {
-        for (int t = 0; t < T; t++)
-        {
-            var d = dy.AsSpan(t * D, D);
-            var yr = y.AsSpan(t * D, D);
-            float dot = 0f;
-            for (int i = 0; i < D; i++) dot = MathF.FusedMultiplyAdd(d[i], yr[i], dot);
-            float r = rstd[t];
-            for (int i = 0; i < D; i++) d[i] = r * (d[i] - dot * yr[i]);
-        }
+        fixed (float* dp = dy, yp = y)
+            for (int t = 0; t < T; t++)
+            {
+                float* d = dp + (long)t * D, yr = yp + (long)t * D;
+                float dot = SmallMatrix.Dot(d, yr, D);
+                SmallMatrix.Axpy(-dot, yr, d, D);          // dy − (dy·y)·y
+                SmallMatrix.ScaleInPlace(rstd[t], d, D);   // · rstd
+            }
     }
 }
 

@@ -13,8 +13,10 @@ internal static unsafe class GdnRecurrent
     /// o (T, V) = outputs; state (K, V) holds h0 (or zeros) on entry and the final state on exit.
     /// With o null the steps only advance the state (recomputation in the backward).
     /// </summary>
+    /// <remarks>With <paramref name="src"/> given, the state before token t0 is read from src (K, V) instead of S
+    /// (out of place: the backward's replay steps from one saved state to the next without a copy).</remarks>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Forward(GdnHead p, int t0, int t1, float scale, float* S, float* o, float* work)
+    public static void Forward(GdnHead p, int t0, int t1, float scale, float* S, float* o, float* work, float* src = null)
     {
         int K = p.K, V = p.V;
         float* kS = work;        // (V)  Sᵀk after the decay
@@ -30,11 +32,13 @@ internal static unsafe class GdnRecurrent
                 // accumulators (kS, o) in registers; the V % 32 tail columns go row by row.
                 int vb = V - V % 32;
                 // pass 1: S ← e^g·S and kS = Sᵀk
-                for (int j0 = 0; j0 < vb; j0 += 32) DecayAndAccumulate32(S + j0, K, V, decay, kt, kS + j0);
+                float* from = t == t0 && src != null ? src : S;
+                for (int j0 = 0; j0 < vb; j0 += 32) DecayAndAccumulate32(from + j0, S + j0, K, V, decay, kt, kS + j0);
                 if (vb < V)
                 {
                     new Span<float>(kS + vb, V - vb).Clear();
-                    for (int i = 0; i < K; i++) DecayAndAccumulate(S + (long)i * V + vb, decay, kt[i], kS + vb, V - vb);
+                    for (int i = 0; i < K; i++)
+                        DecayAndAccumulate(from + (long)i * V + vb, S + (long)i * V + vb, decay, kt[i], kS + vb, V - vb);
                 }
                 for (int j = 0; j < V; j++) u[j] = beta * (vt[j] - kS[j]);
                 // pass 2: S ← S + k uᵀ and o = scale·Sᵀq (o = null: state only)
@@ -50,20 +54,22 @@ internal static unsafe class GdnRecurrent
         }
     }
 
-    // Columns [0, 32) of S (K rows, stride V): S ← decay·S; kS[0..32) = Σ_i k_i·S[i, ·].
+    // Columns [0, 32) of the state (K rows, stride V): S ← decay·src (src may be S);
+    // kS[0..32) = Σ_i k_i·S[i, ·].
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void DecayAndAccumulate32(float* S, int K, int V, float decay, float* k, float* kS)
+    static void DecayAndAccumulate32(float* src, float* S, int K, int V, float decay, float* k, float* kS)
     {
         var vd = Vector256.Create(decay);
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
         float* r = S;
-        for (int i = 0; i < K; i++, r += V)
+        float* f = src;
+        for (int i = 0; i < K; i++, r += V, f += V)
         {
             var vk = Vector256.Create(k[i]);
-            var x0 = Vector256.Load(r) * vd; x0.Store(r); a0 = Vector256.FusedMultiplyAdd(vk, x0, a0);
-            var x1 = Vector256.Load(r + 8) * vd; x1.Store(r + 8); a1 = Vector256.FusedMultiplyAdd(vk, x1, a1);
-            var x2 = Vector256.Load(r + 16) * vd; x2.Store(r + 16); a2 = Vector256.FusedMultiplyAdd(vk, x2, a2);
-            var x3 = Vector256.Load(r + 24) * vd; x3.Store(r + 24); a3 = Vector256.FusedMultiplyAdd(vk, x3, a3);
+            var x0 = Vector256.Load(f) * vd; x0.Store(r); a0 = Vector256.FusedMultiplyAdd(vk, x0, a0);
+            var x1 = Vector256.Load(f + 8) * vd; x1.Store(r + 8); a1 = Vector256.FusedMultiplyAdd(vk, x1, a1);
+            var x2 = Vector256.Load(f + 16) * vd; x2.Store(r + 16); a2 = Vector256.FusedMultiplyAdd(vk, x2, a2);
+            var x3 = Vector256.Load(f + 24) * vd; x3.Store(r + 24); a3 = Vector256.FusedMultiplyAdd(vk, x3, a3);
         }
         a0.Store(kS); a1.Store(kS + 8); a2.Store(kS + 16); a3.Store(kS + 24);
     }
@@ -88,22 +94,22 @@ internal static unsafe class GdnRecurrent
         a0.Store(o); a1.Store(o + 8); a2.Store(o + 16); a3.Store(o + 24);
     }
 
-    // row ← decay·row; acc += a·row
+    // row ← decay·from (from may be row); acc += a·row
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void DecayAndAccumulate(float* row, float decay, float a, float* acc, int n)
+    static void DecayAndAccumulate(float* from, float* row, float decay, float a, float* acc, int n)
     {
         var vd = Vector256.Create(decay);
         var va = Vector256.Create(a);
         int j = 0;
         for (; j + 8 <= n; j += 8)
         {
-            var r = Vector256.Load(row + j) * vd;
+            var r = Vector256.Load(from + j) * vd;
             r.Store(row + j);
             Vector256.FusedMultiplyAdd(va, r, Vector256.Load(acc + j)).Store(acc + j);
         }
         for (; j < n; j++)
         {
-            float r = row[j] * decay;
+            float r = from[j] * decay;
             row[j] = r;
             acc[j] = MathF.FusedMultiplyAdd(a, r, acc[j]);
         }
@@ -164,11 +170,7 @@ internal static unsafe class GdnRecurrent
                     int a = sg * seg, b = Math.Min(T, a + seg);
                     new Span<float>(ck + (long)sg * KV, KV).CopyTo(new Span<float>(rp, KV));
                     for (int t = a; t < b - 1; t++)
-                    {
-                        float* next = rp + (long)(t - a + 1) * KV;
-                        new Span<float>(rp + (long)(t - a) * KV, KV).CopyTo(new Span<float>(next, KV));
-                        Forward(p, t, t + 1, scale, next, null, wk);
-                    }
+                        Forward(p, t, t + 1, scale, rp + (long)(t - a + 1) * KV, null, wk, src: rp + (long)(t - a) * KV);
                     for (int t = b - 1; t >= a; t--) Step(p, t, rp + (long)(t - a) * KV, ds, dOp + (long)t * V, scale, grads, wk);
                 }
         }
@@ -185,16 +187,20 @@ internal static unsafe class GdnRecurrent
         float* kS = work;            // (V) S′ᵀk, S′ = e^g·S_{t−1}
         float* du = work + V;        // (V) dSᵀk after adding scale·q dOᵀ
         float* u = work + 2 * V;     // (V)
-        float* sdo = work + 6 * V;   // (K) S′·dO per row
         fixed (float* q = p.Q, k = p.Kx, v = p.Vx, dq = grads.DQ, dk = grads.DK, dv = grads.DV)
         {
             float* qt = q + (long)t * K, kt = k + (long)t * K, vt = v + (long)t * V;
             float qk = SmallMatrix.Dot(qt, kt, K);
-            new Span<float>(kS, V).Clear();
-            new Span<float>(du, V).Clear();
-            // pass A: kS = S′ᵀk, du = dSᵀk, sdo_i = S′_i·dO
-            for (int i = 0; i < K; i++)
-                sdo[i] = decay * PassA(prev + (long)i * V, dS + (long)i * V, decay, kt[i], kS, du, dOt, V);
+            // pass A: kS = S′ᵀk, du = dSᵀk; column blocks of 32 keep both in registers, tail row by row
+            int vb = V - V % 32;
+            for (int j0 = 0; j0 < vb; j0 += 32) PassA32(prev + j0, dS + j0, K, V, decay, kt, kS + j0, du + j0);
+            if (vb < V)
+            {
+                new Span<float>(kS + vb, V - vb).Clear();
+                new Span<float>(du + vb, V - vb).Clear();
+                for (int i = 0; i < K; i++)
+                    PassA(prev + (long)i * V + vb, dS + (long)i * V + vb, decay, kt[i], kS + vb, du + vb, V - vb);
+            }
             // du += scale·(q·k)·dO  (the dS += scale·q dOᵀ term, seen through k)
             SmallMatrix.Axpy(scale * qk, dOt, du, V);
             float dbeta = 0f, udo = 0f;
@@ -213,9 +219,9 @@ internal static unsafe class GdnRecurrent
             for (int i = 0; i < K; i++)
             {
                 PassB(prev + (long)i * V, dS + (long)i * V, decay, scale * qt[i], beta * kt[i], dOt, u, du, V,
-                      out float dSu, out float spdu, out float spdsp);
+                      out float dSu, out float spdu, out float spdsp, out float pdo);
                 dkt[i] = dSu - beta * spdu;
-                dqt[i] = scale * (sdo[i] + kt[i] * udo);
+                dqt[i] = scale * (decay * pdo + kt[i] * udo);   // (S_t dO)_i = S′_i·dO + k_i (u·dO)
                 dg += spdsp;
             }
             grads.DG[t] = dg;
@@ -223,46 +229,63 @@ internal static unsafe class GdnRecurrent
         }
     }
 
-    // Returns prev_i·dO (the caller multiplies by decay); kS += k_i·decay·prev_i; du += k_i·dS_i.
+    // Columns [0, 32) of prev and dS (K rows, stride V): kS = Σ_i k_i·decay·prev_i, du = Σ_i k_i·dS_i.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static float PassA(float* prev, float* dS, float decay, float ki, float* kS, float* du, float* dO, int n)
+    static void PassA32(float* prev, float* dS, int K, int V, float decay, float* k, float* kS, float* du)
+    {
+        Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
+        Vector256<float> d0 = default, d1 = default, d2 = default, d3 = default;
+        float* p = prev;
+        float* d = dS;
+        for (int i = 0; i < K; i++, p += V, d += V)
+        {
+            var vk = Vector256.Create(k[i]);
+            s0 = Vector256.FusedMultiplyAdd(vk, Vector256.Load(p), s0); d0 = Vector256.FusedMultiplyAdd(vk, Vector256.Load(d), d0);
+            s1 = Vector256.FusedMultiplyAdd(vk, Vector256.Load(p + 8), s1); d1 = Vector256.FusedMultiplyAdd(vk, Vector256.Load(d + 8), d1);
+            s2 = Vector256.FusedMultiplyAdd(vk, Vector256.Load(p + 16), s2); d2 = Vector256.FusedMultiplyAdd(vk, Vector256.Load(d + 16), d2);
+            s3 = Vector256.FusedMultiplyAdd(vk, Vector256.Load(p + 24), s3); d3 = Vector256.FusedMultiplyAdd(vk, Vector256.Load(d + 24), d3);
+        }
+        var vd = Vector256.Create(decay);   // S′ = decay·prev: scale the sum once
+        (s0 * vd).Store(kS); (s1 * vd).Store(kS + 8); (s2 * vd).Store(kS + 16); (s3 * vd).Store(kS + 24);
+        d0.Store(du); d1.Store(du + 8); d2.Store(du + 16); d3.Store(du + 24);
+    }
+
+    // Tail columns, one row: kS += k_i·decay·prev_i; du += k_i·dS_i.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void PassA(float* prev, float* dS, float decay, float ki, float* kS, float* du, int n)
     {
         var vk = Vector256.Create(ki);
         var vkd = Vector256.Create(ki * decay);
-        var acc = Vector256<float>.Zero;
         int j = 0;
         for (; j + 8 <= n; j += 8)
         {
-            var pr = Vector256.Load(prev + j);
-            Vector256.FusedMultiplyAdd(vkd, pr, Vector256.Load(kS + j)).Store(kS + j);
+            Vector256.FusedMultiplyAdd(vkd, Vector256.Load(prev + j), Vector256.Load(kS + j)).Store(kS + j);
             Vector256.FusedMultiplyAdd(vk, Vector256.Load(dS + j), Vector256.Load(du + j)).Store(du + j);
-            acc = Vector256.FusedMultiplyAdd(pr, Vector256.Load(dO + j), acc);
         }
-        float s = Vector256.Sum(acc);
         for (; j < n; j++)
         {
             kS[j] = MathF.FusedMultiplyAdd(ki * decay, prev[j], kS[j]);
             du[j] = MathF.FusedMultiplyAdd(ki, dS[j], du[j]);
-            s = MathF.FusedMultiplyAdd(prev[j], dO[j], s);
         }
-        return s;
     }
 
     // Row i of the reverse step: d = dS_i + sq·dO; dSu = d·u; S′ = decay·prev; spdu = S′·du;
-    // dS′ = d − bk·du; spdsp = S′·dS′; dS_i ← decay·dS′.
+    // dS′ = d − bk·du; spdsp = S′·dS′; dS_i ← decay·dS′; pdo = prev_i·dO.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void PassB(float* prev, float* dS, float decay, float sq, float bk, float* dO, float* u, float* du, int n,
-                      out float dSu, out float spdu, out float spdsp)
+                      out float dSu, out float spdu, out float spdsp, out float pdo)
     {
         var vdec = Vector256.Create(decay);
         var vsq = Vector256.Create(sq);
         var vbk = Vector256.Create(bk);
-        Vector256<float> a1 = default, a2 = default, a3 = default;
+        Vector256<float> a1 = default, a2 = default, a3 = default, a4 = default;
         int j = 0;
         for (; j + 8 <= n; j += 8)
         {
             var d = Vector256.FusedMultiplyAdd(vsq, Vector256.Load(dO + j), Vector256.Load(dS + j));
-            var sp = Vector256.Load(prev + j) * vdec;
+            var pr = Vector256.Load(prev + j);
+            a4 = Vector256.FusedMultiplyAdd(pr, Vector256.Load(dO + j), a4);
+            var sp = pr * vdec;
             var vdu = Vector256.Load(du + j);
             a1 = Vector256.FusedMultiplyAdd(d, Vector256.Load(u + j), a1);
             a2 = Vector256.FusedMultiplyAdd(sp, vdu, a2);
@@ -270,10 +293,11 @@ internal static unsafe class GdnRecurrent
             a3 = Vector256.FusedMultiplyAdd(sp, dsp, a3);
             (dsp * vdec).Store(dS + j);
         }
-        float s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
+        float s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3), s4 = Vector256.Sum(a4);
         for (; j < n; j++)
         {
             float d = MathF.FusedMultiplyAdd(sq, dO[j], dS[j]);
+            s4 = MathF.FusedMultiplyAdd(prev[j], dO[j], s4);
             float sp = prev[j] * decay;
             s1 = MathF.FusedMultiplyAdd(d, u[j], s1);
             s2 = MathF.FusedMultiplyAdd(sp, du[j], s2);
@@ -281,6 +305,6 @@ internal static unsafe class GdnRecurrent
             s3 = MathF.FusedMultiplyAdd(sp, dsp, s3);
             dS[j] = dsp * decay;
         }
-        dSu = s1; spdu = s2; spdsp = s3;
+        dSu = s1; spdu = s2; spdsp = s3; pdo = s4;
     }
 }
