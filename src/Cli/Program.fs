@@ -17,6 +17,8 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Eval of ParseResults<EvalCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Generate of ParseResults<GenerateCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Logits of ParseResults<LogitsCommand.Args>
+    | [<CliPrefix(CliPrefix.None)>] Convert of ParseResults<ConvertCommand.Args>
+    | [<CliPrefix(CliPrefix.None)>] Experiment of ParseResults<ExperimentCommand.Args>
     | [<AltCommandLine("-v")>] Verbose
     interface IArgParserTemplate with
         member c.Usage =
@@ -29,6 +31,8 @@ type Command =
             | Eval _ -> "perplexity of a model on a text (fixed window protocol); --json writes a report"
             | Generate _ -> "continue a prompt (greedy at --temperature 0) for quick sanity checks"
             | Logits _ -> "write the logits of one forward pass to safetensors (cross-checking)"
+            | Convert _ -> "convert a teacher into a calibrated hybrid GDN student directory (+ report.json, report.html)"
+            | Experiment _ -> "experiments: `experiment ablation` (zero-shot PPL of the five init strategies)"
             | Verbose -> "print stack traces of errors"
 
 let private dispatch (results: ParseResults<Command>) =
@@ -41,6 +45,8 @@ let private dispatch (results: ParseResults<Command>) =
     | Eval a -> EvalCommand.run a
     | Generate a -> GenerateCommand.run a
     | Logits a -> LogitsCommand.run a
+    | Convert a -> ConvertCommand.run a
+    | Experiment a -> ExperimentCommand.run a
     | Verbose -> usageError "no command given; see --help"
 
 [<EntryPoint>]

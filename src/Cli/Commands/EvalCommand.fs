@@ -13,6 +13,7 @@ open TaylorCalibrate.Pipeline.Eval
 open TaylorCalibrate.Pipeline.Io
 open TaylorCalibrate.Pipeline.Model
 open TaylorCalibrate.Pipeline.Text
+open TaylorCalibrate.Pipeline.Student
 open TaylorCalibrate.Cli.Common
 
 type Args =
@@ -46,30 +47,36 @@ let private evaluateWithProgress m vs (set: Perplexity.EvalSet) (ct: Cancellatio
             let progress =
                 { new IProgress<Perplexity.Progress> with
                     member _.Report p = task.Value <- float p.WindowsDone }
-            Perplexity.evaluate m vs set (Some progress) ct)
+            Perplexity.evaluateModel m vs set (Some progress) ct)
 
 let run (args: ParseResults<Args>) =
     let path = args.GetResult Model
     let textPath = args.GetResult Text
-    let t = ModelFiles.loadTeacher path |> orFail
-    let tok = ModelFiles.tokenizerFor path t.Config (args.TryGetResult Tokenizer) |> orFail
-    let other = args.TryGetResult Vs |> Option.map (fun p -> ModelFiles.loadTeacher p |> orFail)
+    // Teachers and student directories alike (Student/AnyModel.fs).
+    let t = AnyModel.load path |> orFail
+    let config = AnyModel.config t
+    let tok = AnyModel.tokenizerFor path t (args.TryGetResult Tokenizer) |> orFail
+    let other = args.TryGetResult Vs |> Option.map (fun p -> AnyModel.load p |> orFail)
     other |> Option.iter (fun o ->
-        if o.Config.Vocab <> t.Config.Vocab then
-            usageError $"--vs {o.Source.Path}: vocabulary {o.Config.Vocab} differs from the model's {t.Config.Vocab}")
+        let oc = AnyModel.config o
+        if oc.Vocab <> config.Vocab then
+            usageError $"--vs {args.GetResult Vs}: vocabulary {oc.Vocab} differs from the model's {config.Vocab}")
     let docs = Corpus.readDocuments textPath |> orFail
     let stream = Corpus.tokenStreamUpTo tok (args.TryGetResult Max_Tokens) docs
-    let set = Perplexity.prepare textPath t.Config stream (args.TryGetResult Window) (args.TryGetResult Max_Tokens) |> orFail
+    let set = Perplexity.prepare textPath config stream (args.TryGetResult Window) (args.TryGetResult Max_Tokens) |> orFail
     use be = openDevice (args.TryGetResult Device)
-    use m = new DeviceTeacher(be, t)
-    use vs = other |> Option.map (fun o -> new DeviceTeacher(be, o)) |> Option.toObj
+    let m, mHandle = AnyModel.openOn be t
+    use _mHandle = mHandle
+    let vs = other |> Option.map (AnyModel.openOn be)
+    use _vsHandle = match vs with Some(_, h) -> h | None -> { new IDisposable with member _.Dispose() = () }
+    let vs = vs |> Option.map fst
     use cts = new CancellationTokenSource()
     let onCancel = ConsoleCancelEventHandler(fun _ e -> e.Cancel <- true; cts.Cancel())
     Console.CancelKeyPress.AddHandler onCancel
     let r =
-        try evaluateWithProgress m (Option.ofObj vs) set cts.Token
+        try evaluateWithProgress m vs set cts.Token
         finally Console.CancelKeyPress.RemoveHandler onCancel
-    printfn "model       %s (%s, device %s)" path (ModelFamily.modelType t.Config.Family) be.Name
+    printfn "model       %s (%s, device %s)" path (AnyModel.describe t) be.Name
     printfn "text        %s: %d documents, %d tokens" textPath docs.Length set.StreamTokens
     printfn "windows     %d x %d tokens (%d predicted)" r.Windows r.Window r.Predicted
     printfn "perplexity  %.4f" r.Perplexity

@@ -63,12 +63,23 @@ let batchWindows (W: int) (V: int) (windows: int) =
     let byLogits = max 1 (int (min 1_000_000L ((256L <<< 20) / (4L * int64 W * int64 V))))
     max 1 (min windows (min byTokens byLogits))
 
-/// Evaluates the set; `vs` (same vocabulary, same backend) adds the mean KL. Cancellation stops between batches.
-let evaluate (m: DeviceTeacher) (vs: DeviceTeacher option) (set: EvalSet) (progress: IProgress<Progress> option) (ct: CancellationToken) =
+/// A model as the evaluation sees it: logits (B, T, V), owned by the caller, of ids (B·T) on a backend.
+type LogitsModel =
+    { Backend: IBackend
+      Vocab: int
+      Logits: int[] -> int -> int -> Tensor }
+
+/// A teacher as a LogitsModel.
+let teacherModel (m: DeviceTeacher) : LogitsModel =
+    { Backend = m.Backend; Vocab = m.Config.Vocab
+      Logits = fun ids B T -> (Forward.run m ids B T Forward.ForwardOptions.none).Logits }
+
+/// Evaluates the set with any model (teacher or student); `vs` adds the mean KL. Cancellation stops between batches.
+let evaluateModel (m: LogitsModel) (vs: LogitsModel option) (set: EvalSet) (progress: IProgress<Progress> option) (ct: CancellationToken) =
     let be = m.Backend
-    let W, V = set.Window, m.Config.Vocab
+    let W, V = set.Window, m.Vocab
     vs |> Option.iter (fun o ->
-        if o.Config.Vocab <> V then invalidArg "vs" $"the comparison model has vocabulary {o.Config.Vocab}, this model {V}")
+        if o.Vocab <> V then invalidArg "vs" $"the comparison model has vocabulary {o.Vocab}, this model {V}")
     let per = batchWindows W V set.Windows
     let watch = Stopwatch.StartNew()
     let mutable totalNll = 0.0
@@ -80,8 +91,7 @@ let evaluate (m: DeviceTeacher) (vs: DeviceTeacher option) (set: EvalSet) (progr
         let ids = set.Tokens[doneWindows * W .. (doneWindows + B) * W - 1]
         // Target of position t is the token at t+1 inside the window; the last position predicts nothing.
         let targets = Array.init (B * W) (fun i -> if i % W = W - 1 then -1 else ids[i + 1])
-        let result = Forward.run m ids B W Forward.ForwardOptions.none
-        use logits = result.Logits
+        use logits = m.Logits ids B W
         use targetsT = be.FromInts(targets, B * W)
         use loss = be.Allocate [| B * W |]
         be.CrossEntropy(logits, targetsT, loss, null, 1f)
@@ -91,8 +101,7 @@ let evaluate (m: DeviceTeacher) (vs: DeviceTeacher option) (set: EvalSet) (progr
         match vs with
         | None -> ()
         | Some other ->
-            let r2 = Forward.run other ids B W Forward.ForwardOptions.none
-            use otherLogits = r2.Logits
+            use otherLogits = other.Logits ids B W
             be.KlDivergence(otherLogits, logits, loss, null, 1f)
             let kl = loss.ToArray()
             for i in 0 .. kl.Length - 1 do
@@ -112,3 +121,7 @@ let evaluate (m: DeviceTeacher) (vs: DeviceTeacher option) (set: EvalSet) (progr
       Seconds = seconds
       TokensPerSecond = float tokens / max seconds 1e-9
       MeanKl = vs |> Option.map (fun _ -> totalKl / float predicted) }
+
+/// Evaluates the set with a teacher; `vs` (same vocabulary, same backend) adds the mean KL.
+let evaluate (m: DeviceTeacher) (vs: DeviceTeacher option) (set: EvalSet) (progress: IProgress<Progress> option) (ct: CancellationToken) =
+    evaluateModel (teacherModel m) (vs |> Option.map teacherModel) set progress ct

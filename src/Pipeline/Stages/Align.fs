@@ -1,0 +1,146 @@
+/// Phase 2 of Taylor-Calibrate (method.md §5.3, §11c): per GDN layer, teacher-forced on its traced input x,
+/// minimise mean((GDN(x) − Y)²) (after o_proj) with full-batch AdamW, fp32. lr 1e-4 for q/k/v_proj, 1e-3
+/// for A_log, dt_bias, a/b/g_proj; o_proj and o_norm frozen; weight decay 0.01; gradient-norm clip 1.0;
+/// 300 steps. The loss at step s is measured on θ_s before its update, and θ_s itself is snapshotted when
+/// it is the best so far; θ after the last update is evaluated too; the exact best θ is restored.
+module TaylorCalibrate.Pipeline.Stages.Align
+
+open System
+open System.Diagnostics
+open System.Threading
+open TaylorCalibrate.Backend
+open TaylorCalibrate.Pipeline.Model
+open TaylorCalibrate.Pipeline.Student
+open TaylorCalibrate.Pipeline.Stages.TeacherTrace
+
+/// Every constant of Phase 2 (method.md §5.3 defaults; betas/eps are PyTorch's).
+type AlignOptions =
+    { Steps: int
+      /// q/k/v_proj.
+      LrProjections: float32
+      /// A_log, dt_bias, a/b/g_proj.
+      LrGates: float32
+      WeightDecay: float32
+      Beta1: float32
+      Beta2: float32
+      Epsilon: float32
+      ClipNorm: float32 }
+
+module AlignOptions =
+    let defaults =
+        { Steps = 300; LrProjections = 1e-4f; LrGates = 1e-3f; WeightDecay = 0.01f; Beta1 = 0.9f; Beta2 = 0.999f
+          Epsilon = 1e-8f; ClipNorm = 1.0f }
+
+/// What aligning one layer did.
+type AlignResult =
+    { Layer: int
+      /// Loss of θ_s for s = 0..Steps (the last entry is θ after the final update).
+      Losses: float[]
+      BestLoss: float
+      /// Index into Losses of the restored parameters.
+      BestStep: int
+      /// Gradient norm before clipping, per step.
+      GradNorms: float[]
+      Seconds: float }
+
+/// How well a layer's output matches the teacher's.
+type LayerFit =
+    { Mse: float
+      /// Cosine similarity of the flattened outputs.
+      Cosine: float }
+
+/// MSE and cosine between two flattened outputs.
+let fitOf (y: float32[]) (target: float32[]) =
+    let mutable se = 0.0
+    let mutable dot = 0.0
+    let mutable yy = 0.0
+    let mutable tt = 0.0
+    for i in 0 .. y.Length - 1 do
+        let a, b = float y[i], float target[i]
+        se <- se + (a - b) * (a - b)
+        dot <- dot + a * b
+        yy <- yy + a * a
+        tt <- tt + b * b
+    { Mse = se / float y.Length; Cosine = dot / max (sqrt (yy * tt)) 1e-30 }
+
+let private dimsOf (c: ModelConfig) : GdnLayer.GdnDims = { D = c.Dim; H = c.Heads; Hd = c.HeadDim }
+
+/// The layer's output (B, T, D) on its traced input.
+let layerOutput (be: IBackend) (c: ModelConfig) (trace: LayerTrace) (B: int) (T: int) (w: GdnWeights) : float32[] =
+    let dims = dimsOf c
+    use x = be.FromArray(trace.X, B, T, c.Dim)
+    use y = be.Allocate [| B; T; c.Dim |]
+    use ws = new GdnLayer.GdnWorkspace(be, dims, B, T)
+    use p = new GdnLayer.DeviceGdn(be, dims, w)
+    GdnLayer.forward p ws x y
+    y.ToArray()
+
+/// MSE and cosine of the layer against the teacher output.
+let fit (be: IBackend) (c: ModelConfig) (trace: LayerTrace) (B: int) (T: int) (w: GdnWeights) =
+    fitOf (layerOutput be c trace B T w) trace.Output
+
+/// Aligns one layer; `onStep step loss` reports progress. Cancellation stops between steps (throws).
+let alignLayer (o: AlignOptions) (be: IBackend) (c: ModelConfig) (trace: LayerTrace) (B: int) (T: int) (w: GdnWeights)
+               (onStep: int -> float -> unit) (ct: CancellationToken) : GdnWeights * AlignResult =
+    let watch = Stopwatch.StartNew()
+    let dims = dimsOf c
+    use x = be.FromArray(trace.X, B, T, c.Dim)
+    use target = be.FromArray(trace.Output, B, T, c.Dim)
+    use y = be.Allocate [| B; T; c.Dim |]
+    use dy = be.Allocate [| B; T; c.Dim |]
+    use scalar = be.Allocate [| 1 |]
+    use ws = new GdnLayer.GdnWorkspace(be, dims, B, T)
+    use p = new GdnLayer.DeviceGdn(be, dims, w)
+    use grads = new GdnLayer.GdnGrads(be, dims)
+    let trainable = p.Trainable
+    let lrs = [ o.LrProjections; o.LrProjections; o.LrProjections; o.LrGates; o.LrGates; o.LrGates; o.LrGates; o.LrGates ]
+    let moments = trainable |> List.map (fun t -> be.Allocate t.Shape, be.Allocate t.Shape)
+    let snapshot = trainable |> List.map (fun t -> be.Allocate t.Shape)
+    try
+        let n = float32 (B * T * c.Dim)
+        // loss = mean (y − Y)²; leaves dy = 2(y − Y)/n.
+        let lossAndGrad () =
+            GdnLayer.forward p ws x y
+            be.Copy(y, 0L, dy, 0L, y.Count)
+            be.Axpy(-1f, target, dy)
+            be.Reduce(ReduceOp.SumOfSquares, dy, scalar)
+            let loss = float (scalar.ToArray()[0]) / float n
+            be.Scale(dy, 2f / n, dy)
+            loss
+        let takeSnapshot () = List.iter2 (fun (src: Tensor) dst -> be.Copy(src, 0L, dst, 0L, src.Count)) trainable snapshot
+        let losses = Array.zeroCreate (o.Steps + 1)
+        let gradNorms = Array.zeroCreate o.Steps
+        let mutable best = Double.PositiveInfinity
+        let mutable bestStep = -1
+        for s in 0 .. o.Steps - 1 do
+            ct.ThrowIfCancellationRequested()
+            let loss = lossAndGrad ()
+            losses[s] <- loss
+            if loss < best then
+                best <- loss
+                bestStep <- s
+                takeSnapshot ()
+            grads.Zero()
+            GdnLayer.backward p ws x dy grads None
+            be.ClipGradNorm(grads.Trainable, o.ClipNorm, scalar)
+            gradNorms[s] <- float (scalar.ToArray()[0])
+            List.zip3 trainable grads.Trainable lrs
+            |> List.iteri (fun i (param, g, lr) ->
+                let m, v = moments[i]
+                be.AdamW(param, g, m, v, AdamWSpec(lr, s + 1, o.WeightDecay, o.Beta1, o.Beta2, o.Epsilon)))
+            onStep (s + 1) loss
+        let final = lossAndGrad ()
+        losses[o.Steps] <- final
+        if final < best then
+            best <- final
+            bestStep <- o.Steps
+            takeSnapshot ()
+        List.iter2 (fun (src: Tensor) dst -> be.Copy(src, 0L, dst, 0L, src.Count)) snapshot trainable
+        p.ToWeights(),
+        { Layer = trace.Layer; Losses = losses; BestLoss = best; BestStep = bestStep; GradNorms = gradNorms
+          Seconds = watch.Elapsed.TotalSeconds }
+    finally
+        for m, v in moments do
+            m.Dispose()
+            v.Dispose()
+        for t in snapshot do t.Dispose()

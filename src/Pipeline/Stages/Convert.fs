@@ -1,0 +1,108 @@
+/// The five initialisation strategies (method.md §5) composed from the stages:
+///   naive = Skeleton; zero-gate = Skeleton with W_g = 0; taylor-init = Skeleton + Phase 1;
+///   alignment-only = Skeleton + Phase 2; taylor-calibrate = Skeleton + Phase 1 + Phase 2.
+/// Layers are calibrated independently (teacher-forced), one after another in index order; hooks let the
+/// caller persist each aligned layer and resume from persisted ones.
+module TaylorCalibrate.Pipeline.Stages.Convert
+
+open System.Diagnostics
+open System.Threading
+open TaylorCalibrate.Backend
+open TaylorCalibrate.Pipeline.Model
+open TaylorCalibrate.Pipeline.Student
+open TaylorCalibrate.Pipeline.Stages.TeacherTrace
+
+/// An initialisation strategy.
+[<RequireQualifiedAccess>]
+type InitStrategy =
+    | Naive
+    | ZeroGate
+    | TaylorInit
+    | AlignmentOnly
+    | TaylorCalibrate
+
+module InitStrategy =
+    let all = [ InitStrategy.Naive; InitStrategy.ZeroGate; InitStrategy.TaylorInit; InitStrategy.AlignmentOnly; InitStrategy.TaylorCalibrate ]
+    let name =
+        function
+        | InitStrategy.Naive -> "naive"
+        | InitStrategy.ZeroGate -> "zero-gate"
+        | InitStrategy.TaylorInit -> "taylor-init"
+        | InitStrategy.AlignmentOnly -> "alignment-only"
+        | InitStrategy.TaylorCalibrate -> "taylor-calibrate"
+    let parse (s: string) = all |> List.tryFind (fun x -> name x = s)
+    let usesPhase1 = function InitStrategy.TaylorInit | InitStrategy.TaylorCalibrate -> true | _ -> false
+    let usesPhase2 = function InitStrategy.AlignmentOnly | InitStrategy.TaylorCalibrate -> true | _ -> false
+
+/// Everything a conversion is parameterised by.
+type ConvertOptions =
+    { Strategy: InitStrategy
+      Expand: GqaExpand
+      Seed: int
+      Taylor: TaylorInit.TaylorOptions
+      Align: Align.AlignOptions }
+
+module ConvertOptions =
+    let defaults strategy =
+        { Strategy = strategy; Expand = GqaExpand.Heads; Seed = 0; Taylor = TaylorInit.TaylorOptions.defaults
+          Align = Align.AlignOptions.defaults }
+
+/// What happened to one converted layer (the report's rows).
+type LayerReport =
+    { Layer: int
+      MeanDistance: float[]
+      Entropy: float[]
+      Phase1: TaylorInit.Phase1Info option
+      Alignment: Align.AlignResult option
+      /// Fit of the final layer to the teacher output on the calibration batch.
+      Fit: Align.LayerFit
+      Seconds: float }
+
+/// Callbacks of a conversion (all optional in effect: see Hooks.none).
+type Hooks =
+    { /// A previously aligned layer (resume), if persisted.
+      Resume: int -> (GdnWeights * Align.AlignResult) option
+      /// Called after a layer's alignment finished.
+      LayerAligned: int -> GdnWeights -> Align.AlignResult -> unit
+      /// (layer, step, loss) during alignment.
+      Step: int -> int -> float -> unit
+      /// (layer) when a layer starts.
+      LayerStarted: int -> unit }
+
+module Hooks =
+    let none = { Resume = (fun _ -> None); LayerAligned = (fun _ _ _ -> ()); Step = (fun _ _ _ -> ()); LayerStarted = ignore }
+
+/// Converts: the student and one report per converted layer.
+let run (be: IBackend) (teacher: Teacher) (trace: TeacherTrace) (kept: int list) (o: ConvertOptions) (hooks: Hooks) (ct: CancellationToken)
+    : Student * LayerReport list =
+    let c = teacher.Config
+    let skeleton = Skeleton.build teacher kept o.Expand o.Seed
+    let reports, layers =
+        skeleton.Gdn
+        |> Map.toList
+        |> List.map (fun (i, naive) ->
+            let watch = Stopwatch.StartNew()
+            hooks.LayerStarted i
+            let tr = trace.Layers[i]
+            let afterGate =
+                if o.Strategy = InitStrategy.ZeroGate then { naive with Wg = Array.zeroCreate naive.Wg.Length } else naive
+            let afterPhase1, phase1 =
+                if InitStrategy.usesPhase1 o.Strategy then
+                    let w, info = TaylorInit.apply o.Taylor be c tr trace.B trace.T afterGate
+                    w, Some info
+                else afterGate, None
+            let final, alignment =
+                if InitStrategy.usesPhase2 o.Strategy then
+                    match hooks.Resume i with
+                    | Some(w, r) -> w, Some r
+                    | None ->
+                        let w, r = Align.alignLayer o.Align be c tr trace.B trace.T afterPhase1 (hooks.Step i) ct
+                        hooks.LayerAligned i w r
+                        w, Some r
+                else afterPhase1, None
+            let fit = Align.fit be c tr trace.B trace.T final
+            { Layer = i; MeanDistance = tr.MeanDistance; Entropy = tr.Entropy; Phase1 = phase1; Alignment = alignment
+              Fit = fit; Seconds = watch.Elapsed.TotalSeconds },
+            (i, final))
+        |> List.unzip
+    { skeleton with Gdn = Map layers; Init = InitStrategy.name o.Strategy }, reports

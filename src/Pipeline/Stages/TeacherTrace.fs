@@ -1,0 +1,48 @@
+/// The teacher trace (method.md §5.1, §11d): one fp32 teacher forward over the calibration batch recording,
+/// for each layer to convert, the normed input x, the context C (before o_proj), the output Y (after
+/// o_proj) and the per-head mean attention distance d̄_h (floored at 0.5) and entropy H_h, from the
+/// attention kernel's streamed statistics (no T×T matrix).
+module TaylorCalibrate.Pipeline.Stages.TeacherTrace
+
+open TaylorCalibrate.Pipeline.Model
+open TaylorCalibrate.Pipeline.Stages.Calibration
+
+/// Floor of the mean attention distance (method.md §5.1).
+let distanceFloor = 0.5
+
+/// What one converted layer's calibration needs.
+type LayerTrace =
+    { Layer: int
+      /// (B, T, D) RMSNorm_attn of the layer input.
+      X: float32[]
+      /// (B, T, H, hd) teacher context Σ_j A_ij V_j.
+      Context: float32[]
+      /// (B, T, D) teacher attention output after o_proj.
+      Output: float32[]
+      /// (H) mean attention distance, floored at 0.5.
+      MeanDistance: float[]
+      /// (H) mean attention entropy (nats).
+      Entropy: float[] }
+
+/// Traces of every converted layer over one calibration batch.
+type TeacherTrace =
+    { B: int
+      T: int
+      Layers: Map<int, LayerTrace> }
+
+/// Per head, mean over b of the kernel's per-(b,h) statistic `which` (0 distance, 1 entropy) from stats (B, H, 2).
+let headMeans (B: int) (H: int) (stats: float32[]) (which: int) =
+    Array.init H (fun h -> (Array.init B (fun b -> float stats[(b * H + h) * 2 + which]) |> Array.average))
+
+/// Runs the teacher once over the batch and records the given layers.
+let run (m: DeviceTeacher) (batch: CalibrationBatch) (layers: int list) : TeacherTrace =
+    let r = Forward.run m batch.Tokens batch.B batch.T { Forward.ForwardOptions.none with Trace = Set.ofList layers }
+    r.Logits.Dispose()
+    let H = m.Config.Heads
+    let traces =
+        r.Traces |> List.map (fun t ->
+            t.Layer,
+            { Layer = t.Layer; X = t.Input; Context = t.Context; Output = t.Output
+              MeanDistance = headMeans batch.B H t.Stats 0 |> Array.map (max distanceFloor)
+              Entropy = headMeans batch.B H t.Stats 1 })
+    { B = batch.B; T = batch.T; Layers = Map traces }
