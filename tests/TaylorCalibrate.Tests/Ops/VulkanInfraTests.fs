@@ -227,6 +227,13 @@ let gemm =
             let be = vk ()
             withBindingLimit be 4096UL (fun () -> runGemm be (GemmSpec(10, 12, 9, Batch = 20)) 17)
         }
+        yield test "operands larger than one binding are cut along M, N or K" {
+            let be = vk ()
+            withBindingLimit be 4096UL (fun () ->
+                for ta in [ false; true ] do
+                for tb in [ false; true ] do
+                    runGemm be (GemmSpec(40, 50, 45, ta, tb, Alpha = 1.5f, Beta = 0.5f)) 18)
+        }
     ]
 
 // ---- quick op sanity checks against inline double formulas (the full references live in the op tests) ----
