@@ -50,6 +50,12 @@ public sealed unsafe partial class VulkanBackend
     /// (core counts need vendor extensions). Settable for tests.</summary>
     internal int SplitKCores { get; set; }
 
+    /// <summary>Tile of gemm_reg.comp: rows per workgroup (multiple of the subgroup size and of 4) and vec4
+    /// columns per lane; 0 picks the default (max(32, subgroup) × 2, i.e. 32×8 outputs per lane on lavapipe).</summary>
+    internal (uint Bm, uint Tn4) GemmRegTile { get; set; }
+
+    (uint Bm, uint Tn4) RegTile => GemmRegTile.Bm > 0 ? GemmRegTile : (Math.Max(32u, ctx.SubgroupSize), 2u);
+
     /// <summary>The GEMM kernel in use (settable for tests of both variants on one device).</summary>
     internal GemmKernel GemmVariant { get; set; }
 
@@ -166,7 +172,7 @@ public sealed unsafe partial class VulkanBackend
     {
         // The chunk as a spec of its own: offsets moved to batch b0, every leading dimension and stride explicit.
         var p = Positioned(s, b0, count);
-        var (bm, bn) = GemmVariant == GemmKernel.Registers ? (Math.Max(32u, ctx.SubgroupSize), ctx.SubgroupSize * 8) : (64u, 64u);
+        var (bm, bn) = GemmVariant == GemmKernel.Registers ? (RegTile.Bm, ctx.SubgroupSize * 4 * RegTile.Tn4) : (64u, 64u);
         long tiles = (long)Ceil(p.M, bm) * Ceil(p.N, bn) * p.Batch;
         int cores = SplitKCores > 0 ? SplitKCores : ctx.IsCpu ? Environment.ProcessorCount : 32;
         long align = Math.Max(16L, (long)ctx.MinStorageBufferOffsetAlignment) / 4;   // binding offsets, in elements
@@ -238,7 +244,8 @@ public sealed unsafe partial class VulkanBackend
         uint ta = s.TransA ? 1u : 0, tb = s.TransB ? 1u : 0;
         if (GemmVariant == GemmKernel.Registers)
         {
-            uint sg = ctx.SubgroupSize, bm = Math.Max(32u, sg), tn4 = 2;
+            uint sg = ctx.SubgroupSize;
+            var (bm, tn4) = RegTile;
             Launch("gemm_reg", [sg, ta, tb, bm, tn4], bindings, args, Ceil(s.N, sg * 4 * tn4), Ceil(s.M, bm), (uint)count);
         }
         else
