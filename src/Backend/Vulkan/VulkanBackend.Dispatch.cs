@@ -40,9 +40,12 @@ public sealed unsafe partial class VulkanBackend
     internal void Launch<TPush>(string shader, ReadOnlySpan<uint> spec, ReadOnlySpan<Binding> bindings, in TPush push, uint x, uint y = 1, uint z = 1)
         where TPush : unmanaged
     {
-        ObjectDisposedException.ThrowIf(disposed, this);
-        var p = pipes.Get(shader, spec);
-        rec.Dispatch(p, bindings, MemoryMarshal.AsBytes(new ReadOnlySpan<TPush>(in push)), x, y, z);
+        lock (gate)
+        {
+            ObjectDisposedException.ThrowIf(disposed, this);
+            var p = pipes.Get(shader, spec);
+            rec.Dispatch(p, bindings, MemoryMarshal.AsBytes(new ReadOnlySpan<TPush>(in push)), x, y, z);
+        }
     }
 
     /// <summary>Splits <paramref name="groups"/> workgroups into an x×y grid with x ≤ GridRow. Kernels

@@ -4,7 +4,8 @@
 //   size (lavapipe: 5.5–7.7 GFLOP/s measured at 1024³ vs ≤ 1.1 for shared-memory tiles);
 // - gemm_tiled.comp: shared-memory tiles, for GPUs; no subgroup ops, so any subgroup size works.
 // Each operand is bound from its first touched element (rounded down to 16 bytes, so vec4 loads stay
-// aligned) to its extent; a batch whose ranges exceed one binding is processed in batch chunks.
+// aligned) to its extent; a batch whose ranges exceed one binding is processed in batch chunks, and a
+// single product whose operands exceed it is cut along M, N or K (GemmSplitMnk).
 // Split-K (kernels.md §1, after llama.cpp): when K ≥ 2048 and the output tiles fill at most half the
 // cores, the K range is cut into ≤ 8 slices (multiples of 256) whose products go to a scratch buffer, and
 // gemm_splitk.comp sums them in slice order (deterministic) into C = α·ΣP + β·C.
@@ -49,6 +50,12 @@ public sealed unsafe partial class VulkanBackend
     /// (core counts need vendor extensions). Settable for tests.</summary>
     internal int SplitKCores { get; set; }
 
+    /// <summary>Tile of gemm_reg.comp: rows per workgroup (multiple of the subgroup size and of 4) and vec4
+    /// columns per lane; 0 picks the default (max(32, subgroup) × 2, i.e. 32×8 outputs per lane on lavapipe).</summary>
+    internal (uint Bm, uint Tn4) GemmRegTile { get; set; }
+
+    (uint Bm, uint Tn4) RegTile => GemmRegTile.Bm > 0 ? GemmRegTile : (Math.Max(32u, ctx.SubgroupSize), 2u);
+
     /// <summary>The GEMM kernel in use (settable for tests of both variants on one device).</summary>
     internal GemmKernel GemmVariant { get; set; }
 
@@ -87,7 +94,8 @@ public sealed unsafe partial class VulkanBackend
             long count = Math.Min(s.Batch - first, maxZ);
             // Halve the batch chunk until every operand range fits one binding.
             while (count > 1 && !Fits(s, first, count)) count = (count + 1) / 2;
-            GemmChunk(va, vb, vc, s, first, count);
+            if (count == 1 && !Fits(s, first, 1)) GemmSplitMnk(va, vb, vc, Positioned(s, first, 1));
+            else GemmChunk(va, vb, vc, s, first, count);
             first += count;
         }
     }
@@ -101,23 +109,70 @@ public sealed unsafe partial class VulkanBackend
 
     bool Fits(in GemmSpec s, long b0, long count)
     {
-        long limit = (long)(BindingLimit / 4) - 4;   // the start may move down by up to 3 elements
+        var (a, b, c) = Oversize(s, b0, count);
+        return !a && !b && !c;
+    }
+
+    /// <summary>Which operand ranges of batch entries [b0, b0+count) exceed one binding.</summary>
+    (bool A, bool B, bool C) Oversize(in GemmSpec s, long b0, long count)
+    {
+        long limit = (long)(BindingLimit / 4) - 16;   // the start moves down to a 16-element boundary at most
         var ra = Range(s.OffsetA, s.StrideAResolved, s.TransA ? s.K : s.M, s.LdaResolved, s.TransA ? s.M : s.K, b0, count);
         var rb = Range(s.OffsetB, s.StrideBResolved, s.TransB ? s.N : s.K, s.LdbResolved, s.TransB ? s.K : s.N, b0, count);
         var rc = Range(s.OffsetC, s.StrideCResolved, s.M, s.LdcResolved, s.N, b0, count);
-        return (s.K == 0 || ra.End - ra.First <= limit && rb.End - rb.First <= limit) && rc.End - rc.First <= limit;
+        return (s.K > 0 && ra.End - ra.First > limit, s.K > 0 && rb.End - rb.First > limit, rc.End - rc.First > limit);
+    }
+
+    /// <summary>Batch entries [b0, b0+count) of <paramref name="s"/> as a spec of their own (explicit leading
+    /// dimensions and strides, offsets moved to entry b0).</summary>
+    static GemmSpec Positioned(in GemmSpec s, long b0, long count) => s with
+    {
+        Batch = (int)count, Lda = s.LdaResolved, Ldb = s.LdbResolved, Ldc = s.LdcResolved,
+        StrideA = s.StrideAResolved, StrideB = s.StrideBResolved, StrideC = s.StrideCResolved,
+        OffsetA = s.OffsetA + b0 * s.StrideAResolved, OffsetB = s.OffsetB + b0 * s.StrideBResolved, OffsetC = s.OffsetC + b0 * s.StrideCResolved,
+    };
+
+    /// <summary>One batch entry whose operands exceed a binding: halve M (shrinks A [M,K] and C), N (shrinks
+    /// B stored [N,K]) or K (shrinks Aᵀ [K,M] and B [K,N]; the second half accumulates with β = 1) until the
+    /// pieces fit. Throws (from Bind, naming the tensor) when a single row or column is still too large.</summary>
+    void GemmSplitMnk(VulkanTensor a, VulkanTensor b, VulkanTensor c, GemmSpec p)
+    {
+        var (overA, overB, overC) = Oversize(p, 0, 1);
+        if (!overA && !overB && !overC)
+        {
+            GemmChunk(a, b, c, p, 0, 1);
+            return;
+        }
+        if ((overC || overA && !p.TransA) && p.M > 1)
+        {
+            int m1 = p.M / 2;
+            GemmSplitMnk(a, b, c, p with { M = m1 });
+            GemmSplitMnk(a, b, c, p with { M = p.M - m1, OffsetA = p.OffsetA + (p.TransA ? m1 : (long)m1 * p.Lda), OffsetC = p.OffsetC + (long)m1 * p.Ldc });
+        }
+        else if (overB && p.TransB && p.N > 1)
+        {
+            int n1 = p.N / 2;
+            GemmSplitMnk(a, b, c, p with { N = n1 });
+            GemmSplitMnk(a, b, c, p with { N = p.N - n1, OffsetB = p.OffsetB + (long)n1 * p.Ldb, OffsetC = p.OffsetC + n1 });
+        }
+        else if ((overA || overB) && p.K > 1)
+        {
+            int k1 = p.K / 2;
+            GemmSplitMnk(a, b, c, p with { K = k1 });
+            GemmSplitMnk(a, b, c, p with
+            {
+                K = p.K - k1, Beta = 1f,
+                OffsetA = p.OffsetA + (p.TransA ? (long)k1 * p.Lda : k1), OffsetB = p.OffsetB + (p.TransB ? k1 : (long)k1 * p.Ldb),
+            });
+        }
+        else GemmChunk(a, b, c, p, 0, 1);   // Bind reports the operand that cannot fit
     }
 
     void GemmChunk(VulkanTensor a, VulkanTensor b, VulkanTensor c, in GemmSpec s, long b0, long count)
     {
         // The chunk as a spec of its own: offsets moved to batch b0, every leading dimension and stride explicit.
-        var p = s with
-        {
-            Batch = (int)count, Lda = s.LdaResolved, Ldb = s.LdbResolved, Ldc = s.LdcResolved,
-            StrideA = s.StrideAResolved, StrideB = s.StrideBResolved, StrideC = s.StrideCResolved,
-            OffsetA = s.OffsetA + b0 * s.StrideAResolved, OffsetB = s.OffsetB + b0 * s.StrideBResolved, OffsetC = s.OffsetC + b0 * s.StrideCResolved,
-        };
-        var (bm, bn) = GemmVariant == GemmKernel.Registers ? (Math.Max(32u, ctx.SubgroupSize), ctx.SubgroupSize * 8) : (64u, 64u);
+        var p = Positioned(s, b0, count);
+        var (bm, bn) = GemmVariant == GemmKernel.Registers ? (RegTile.Bm, ctx.SubgroupSize * 4 * RegTile.Tn4) : (64u, 64u);
         long tiles = (long)Ceil(p.M, bm) * Ceil(p.N, bn) * p.Batch;
         int cores = SplitKCores > 0 ? SplitKCores : ctx.IsCpu ? Environment.ProcessorCount : 32;
         long align = Math.Max(16L, (long)ctx.MinStorageBufferOffsetAlignment) / 4;   // binding offsets, in elements
@@ -189,7 +244,8 @@ public sealed unsafe partial class VulkanBackend
         uint ta = s.TransA ? 1u : 0, tb = s.TransB ? 1u : 0;
         if (GemmVariant == GemmKernel.Registers)
         {
-            uint sg = ctx.SubgroupSize, bm = Math.Max(32u, sg), tn4 = 2;
+            uint sg = ctx.SubgroupSize;
+            var (bm, tn4) = RegTile;
             Launch("gemm_reg", [sg, ta, tb, bm, tn4], bindings, args, Ceil(s.N, sg * 4 * tn4), Ceil(s.M, bm), (uint)count);
         }
         else

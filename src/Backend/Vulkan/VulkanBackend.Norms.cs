@@ -31,8 +31,10 @@ public sealed partial class VulkanBackend
     const uint RmsDwBlock = 256;
 
     /// <summary>An uninitialised temporary of <paramref name="count"/> elements; dispose it after queuing its last use.</summary>
-    internal VulkanTensor Scratch(long count, DType dtype = DType.F32) =>
-        new(this, [checked((int)Math.Max(count, 1))], dtype, mem.Device.Create(4UL * (ulong)Math.Max(count, 1)));
+    internal VulkanTensor Scratch(long count, DType dtype = DType.F32)
+    {
+        lock (gate) return new(this, [checked((int)Math.Max(count, 1))], dtype, mem.Device.Create(4UL * (ulong)Math.Max(count, 1)));
+    }
 
     void RowLaunch(string shader, uint[] spec, Binding[] b, uint rows, uint cols, float eps = 0)
     {

@@ -6,7 +6,9 @@ using System.Runtime.InteropServices;
 
 namespace TaylorCalibrate.Backend.Vulkan;
 
-/// <summary>GLSL compute kernels on one Vulkan device. Not thread-safe.</summary>
+/// <summary>GLSL compute kernels on one Vulkan device. Calls are serialised internally (one lock around
+/// recording, memory and transfers), so concurrent callers are safe at op granularity; ops from different
+/// threads on distinct tensors interleave correctly because hazards are tracked per dispatch.</summary>
 public sealed unsafe partial class VulkanBackend : IBackend
 {
     readonly int index;
@@ -17,6 +19,8 @@ public sealed unsafe partial class VulkanBackend : IBackend
     readonly DeviceBuffer dummy;
     Profiler? profiler;
     bool disposed;
+    /// <summary>Serialises recording, allocation and transfers (Monitor, so re-entrant).</summary>
+    readonly object gate = new();
 
     /// <summary>Opens Vulkan device <paramref name="index"/> (see <see cref="VulkanDevices.Enumerate"/>).</summary>
     /// <exception cref="DeviceException">No loader, no such device, or the device lacks Vulkan 1.2.</exception>
@@ -64,17 +68,23 @@ public sealed unsafe partial class VulkanBackend : IBackend
         ArgumentNullException.ThrowIfNull(shape);
         long n = 1;
         foreach (var d in shape) n *= Math.Max(d, 0);
-        var buffer = mem.Device.Create(4UL * (ulong)n);
-        var t = new VulkanTensor(this, shape, dtype, buffer);
-        if (buffer.Mapped != null && rec.Idle) NativeMemory.Clear(buffer.Mapped, (nuint)buffer.Size);
-        else rec.Fill(buffer, 0, buffer.Size, 0);
-        return t;
+        lock (gate)
+        {
+            var buffer = mem.Device.Create(4UL * (ulong)n);
+            var t = new VulkanTensor(this, shape, dtype, buffer);
+            if (buffer.Mapped != null && rec.Idle) NativeMemory.Clear(buffer.Mapped, (nuint)buffer.Size);
+            else rec.Fill(buffer, 0, buffer.Size, 0);
+            return t;
+        }
     }
 
     internal void ReleaseBuffer(DeviceBuffer b)
     {
-        if (disposed) return;
-        rec.Defer(() => mem.Device.Free(b));
+        lock (gate)
+        {
+            if (disposed) return;
+            rec.Defer(() => mem.Device.Free(b));
+        }
     }
 
     /// <summary>The Vulkan tensor behind <paramref name="t"/>, checking ownership, dtype and liveness.</summary>
@@ -109,6 +119,11 @@ public sealed unsafe partial class VulkanBackend : IBackend
 
     void UploadBytes(VulkanTensor t, byte* src)
     {
+        lock (gate) UploadLocked(t, src);
+    }
+
+    void UploadLocked(VulkanTensor t, byte* src)
+    {
         ulong bytes = t.Bytes;
         if (bytes == 0) return;
         if (t.Buffer.Mapped != null && rec.Idle)
@@ -141,6 +156,11 @@ public sealed unsafe partial class VulkanBackend : IBackend
 
     void DownloadBytes(VulkanTensor t, byte* dst)
     {
+        lock (gate) DownloadLocked(t, dst);
+    }
+
+    void DownloadLocked(VulkanTensor t, byte* dst)
+    {
         ulong bytes = t.Bytes;
         if (t.Buffer.Mapped != null)
         {
@@ -160,7 +180,10 @@ public sealed unsafe partial class VulkanBackend : IBackend
     }
 
     /// <inheritdoc />
-    public void Synchronize() => rec.WaitIdle();
+    public void Synchronize()
+    {
+        lock (gate) rec.WaitIdle();
+    }
 
     /// <inheritdoc />
     public void Copy(Tensor src, long srcOffset, Tensor dst, long dstOffset, long count)
@@ -172,6 +195,11 @@ public sealed unsafe partial class VulkanBackend : IBackend
         if (srcOffset < 0 || dstOffset < 0 || count < 0 || srcOffset + count > s.Count || dstOffset + count > d.Count)
             throw new ArgumentException($"copy of {count} elements from 'src' {s.ShapeText} at {srcOffset} to 'dst' {d.ShapeText} at {dstOffset} is out of range");
         if (count == 0) return;
+        lock (gate) CopyLocked(s, d, srcOffset, dstOffset, count);
+    }
+
+    void CopyLocked(VulkanTensor s, VulkanTensor d, long srcOffset, long dstOffset, long count)
+    {
         ulong so = 4UL * (ulong)srcOffset, dO = 4UL * (ulong)dstOffset, n = 4UL * (ulong)count;
         if (ReferenceEquals(s, d) && so < dO + n && dO < so + n)
         {
@@ -189,7 +217,7 @@ public sealed unsafe partial class VulkanBackend : IBackend
     public void Fill(Tensor t, float value)
     {
         var v = F32(t, "t");
-        rec.Fill(v.Buffer, 0, v.Bytes, BitConverter.SingleToUInt32Bits(value));
+        lock (gate) rec.Fill(v.Buffer, 0, v.Bytes, BitConverter.SingleToUInt32Bits(value));
     }
 
     // ---- profiling -------------------------------------------------------------------------------------
@@ -199,14 +227,25 @@ public sealed unsafe partial class VulkanBackend : IBackend
     /// <summary>Device seconds (timestamp queries) from the first to the last command <paramref name="action"/>
     /// queues. Waits for earlier work first, and for the action's work before returning.</summary>
     /// <exception cref="InvalidOperationException">The device has no timestamps on its compute queue.</exception>
-    public double Profile(Action action) => Prof.Measure(rec, action);
+    public double Profile(Action action)
+    {
+        lock (gate) return Prof.Measure(rec, action);
+    }
 
     /// <summary>Device seconds of each dispatch <paramref name="action"/> queues (the first 2048), by kernel
     /// name (shader:specialization). Independent dispatches may overlap on the device.</summary>
-    public IReadOnlyList<DispatchTiming> ProfileDispatches(Action action) => Prof.PerDispatch(rec, action);
+    public IReadOnlyList<DispatchTiming> ProfileDispatches(Action action)
+    {
+        lock (gate) return Prof.PerDispatch(rec, action);
+    }
 
     /// <inheritdoc />
     public void Dispose()
+    {
+        lock (gate) DisposeLocked();
+    }
+
+    void DisposeLocked()
     {
         if (disposed) return;
         try { rec.WaitIdle(); }

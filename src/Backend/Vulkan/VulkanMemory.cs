@@ -246,7 +246,11 @@ internal sealed unsafe class VulkanMemory : IDisposable
         if (staging < 0) throw new DeviceException("the Vulkan device has no host-visible coherent memory type");
 
         ulong block = Math.Min(256UL << 20, ctx.MaxAllocationSize);
-        Unified = unified >= 0;
+        // TC_VULKAN_FORCE_STAGING=1 treats the device like a discrete GPU (unmapped tensors, staging copies),
+        // so the split-heap paths can be tested on lavapipe's unified memory.
+        bool forceStaging = Environment.GetEnvironmentVariable("TC_VULKAN_FORCE_STAGING") == "1";
+        if (forceStaging && local < 0) local = unified;
+        Unified = unified >= 0 && !forceStaging;
         Device = Unified
             ? new MemoryPool(ctx, (uint)unified, map: true, block, "device")
             : new MemoryPool(ctx, (uint)(local >= 0 ? local : staging), map: local < 0, block, "device");

@@ -227,6 +227,13 @@ let gemm =
             let be = vk ()
             withBindingLimit be 4096UL (fun () -> runGemm be (GemmSpec(10, 12, 9, Batch = 20)) 17)
         }
+        yield test "operands larger than one binding are cut along M, N or K" {
+            let be = vk ()
+            withBindingLimit be 4096UL (fun () ->
+                for ta in [ false; true ] do
+                for tb in [ false; true ] do
+                    runGemm be (GemmSpec(40, 50, 45, ta, tb, Alpha = 1.5f, Beta = 0.5f)) 18)
+        }
     ]
 
 // ---- quick op sanity checks against inline double formulas (the full references live in the op tests) ----
@@ -417,3 +424,30 @@ let splitK =
             finally be.SplitKCores <- saved
         }
     ]
+
+[<Tests>]
+let pushConstants =
+    test "VulkanInfra push-constant twins match their GLSL blocks (std430 scalars) and fit 128 bytes" {
+        let size (t: Type) = Runtime.InteropServices.Marshal.SizeOf t
+        let sizes =
+            [ "GemmArgs", size typeof<GemmArgs>, 64; "SplitKArgs", size typeof<SplitKArgs>, 40; "ElementwiseArgs", size typeof<ElementwiseArgs>, 8
+              "RowArgs", size typeof<RowArgs>, 16; "RopeArgs", size typeof<RopeArgs>, 24; "EmbeddingArgs", size typeof<EmbeddingArgs>, 12
+              "LossArgs", size typeof<LossArgs>, 16; "ReduceArgs", size typeof<ReduceArgs>, 24; "AdamWArgs", size typeof<AdamWArgs>, 32 ]
+        for name, actual, expected in sizes do
+            Expect.equal actual expected name
+            Expect.isLessThanOrEqual actual 128 $"{name} ≤ 128 B"
+    }
+
+[<Tests>]
+let concurrency =
+    test "VulkanInfra concurrent callers are serialised at op granularity" {
+        let be = vk ()
+        let results =
+            Array.Parallel.init 4 (fun i ->
+                let a = Rand.normal (90 + i) 1.0 999
+                use x = upload be a [ 999 ]
+                use y = be.Allocate [| 999 |]
+                for _ in 1 .. 20 do be.Axpy(1.0f, x, y)
+                Array.forall2 (fun (v: float32) (w: float32) -> abs (20.0f * v - w) <= 1e-4f * (1.0f + abs w)) a (y.ToArray()))
+        Expect.allEqual results true "each thread's 20 axpys"
+    }
