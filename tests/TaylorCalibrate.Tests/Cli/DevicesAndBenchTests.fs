@@ -31,14 +31,14 @@ let tests =
             Expect.equal r.ExitCode 0 $"exit code (stderr: {r.Err})"
             let records = BenchCore.readJson json
             Expect.equal records.Length (GemmSuite.cases true).Length "one record per case"
-            for rec in records do
-                Expect.equal rec.Suite "gemm" "suite"
-                Expect.equal rec.Device "cpu" "device"
-                Expect.isTrue (rec.Seconds > 0.0) "seconds > 0"
-                Expect.isTrue (rec.M.IsSome && rec.N.IsSome && rec.K.IsSome) "m, n, k present"
-                let expected = 2.0 * float rec.M.Value * float rec.N.Value * float rec.K.Value / rec.Seconds / 1e9
-                Expect.floatClose Accuracy.low rec.Gflops.Value expected "gflops = 2mnk / seconds"
-                Expect.isNone rec.TokensPerSecond "tokens_per_s omitted for GEMM"
+            for r in records do
+                Expect.equal r.Suite "gemm" "suite"
+                Expect.equal r.Device "cpu" "device"
+                Expect.isTrue (r.Seconds > 0.0) "seconds > 0"
+                Expect.isTrue (r.M.IsSome && r.N.IsSome && r.K.IsSome) "m, n, k present"
+                let expected = 2.0 * float r.M.Value * float r.N.Value * float r.K.Value / r.Seconds / 1e9
+                Expect.floatClose Accuracy.low r.Gflops.Value expected "gflops = 2mnk / seconds"
+                Expect.isNone r.TokensPerSecond "tokens_per_s omitted for GEMM"
             Expect.isFalse (File.ReadAllText(json).Contains "tokens_per_s") "fields that do not apply are omitted"
         }
 
