@@ -1,8 +1,7 @@
 // Gated delta rule on the Vulkan backend (contract: IBackend.GdnForward/GdnBackward; maths: kernels.md §3;
 // CPU twin: Cpu/Gdn). Token-recurrent form: gdn_recurrent.comp (forward, one invocation per value column),
 // gdn_recurrent_back.comp (BPTT with segment checkpoints and fixed-order column reductions), gdn_l2_back.comp
-// (the in-kernel L2 norm's backward). The chunked WY form (kernels.md §3.2–3.3) is not written yet on Vulkan:
-// GdnMode.Chunked throws NotSupportedException rather than silently running another algorithm.
+// (the in-kernel L2 norm's backward). The chunked WY form (kernels.md §3.2–3.3) is VulkanBackend.GdnChunked.cs.
 using System.Runtime.InteropServices;
 
 namespace TaylorCalibrate.Backend.Vulkan;
@@ -49,7 +48,11 @@ public sealed partial class VulkanBackend
         var (B, T, H, K, V) = GdnShapes(q, k, v, g, beta, h0, spec);
         Check.Shape(o, "o", B, T, H, V);
         if (ht is not null) Check.Shape(ht, "ht", B, H, K, V);
-        RequireRecurrent(spec, "GdnForward");
+        if (spec.Mode == GdnMode.Chunked)
+        {
+            GdnChunkedForward(q, k, v, g, beta, h0, o, ht, spec, B, T, H, K, V);
+            return;
+        }
         long kc = Ceil(K, GdnKChunk);
         LoopBudget("GdnForward", T * (3 * kc + 1) + 2 * kc);
         var flags = (h0 is null ? GdnFlags.None : GdnFlags.H0) | (ht is null ? GdnFlags.None : GdnFlags.Final)
