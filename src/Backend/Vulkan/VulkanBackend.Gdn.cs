@@ -79,7 +79,11 @@ public sealed partial class VulkanBackend
         Check.Shape(dg, "dg", B, T, H);
         Check.Shape(dbeta, "dbeta", B, T, H);
         if (dh0 is not null) Check.Shape(dh0, "dh0", B, H, K, V);
-        RequireRecurrent(spec, "GdnBackward");
+        if (spec.Mode == GdnMode.Chunked)
+        {
+            GdnChunkedBackward(q, k, v, g, beta, h0, dO, dht, dq, dk, dv, dg, dbeta, dh0, spec, B, T, H, K, V);
+            return;
+        }
 
         long BH = (long)B * H, KV = (long)K * V, nG = (long)B * T * H, nS = BH * KV;
         uint wg = (uint)Math.Min(256, (V + 31) / 32 * 32);   // one invocation per value column
@@ -149,13 +153,6 @@ public sealed partial class VulkanBackend
     /// <summary>Queues dst[0, count) = src[from, from+count) (floats).</summary>
     void CopyOut(VulkanTensor src, long from, VulkanTensor dst, long count) =>
         rec.Copy(src.Buffer, 4UL * (ulong)from, dst.Buffer, 0, 4UL * (ulong)count);
-
-    static void RequireRecurrent(GdnSpec spec, string op)
-    {
-        if (spec.Mode != GdnMode.Recurrent)
-            throw new NotSupportedException($"{op}: GdnMode.{spec.Mode} is not implemented on the Vulkan backend yet; use GdnMode.Recurrent "
-                                            + "(same results to fp32 rounding) or the CPU backend");
-    }
 
     static (int B, int T, int H, int K, int V) GdnShapes(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor? h0, GdnSpec spec)
     {

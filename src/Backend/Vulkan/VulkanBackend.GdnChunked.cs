@@ -5,6 +5,12 @@
 //   gdn_chunk_wy    per (b, h, chunk): γ, A = (I + L)⁻¹, w, u                         (§3.2 steps 1–4)
 //   gdn_chunk_scan  per (b, h, value column): h_c, v_new, final state                (§3.2 step 5)
 //   gdn_chunk_out   per (b, h, chunk): o                                             (§3.2 step 6)
+// Backward (after replaying the first three with the same inputs):
+//   gdn_chunk_dvloc per (b, h, chunk): dv_loc                                        (§3.3 step 1)
+//   gdn_chunk_dscan per (b, h, value column): reverse scan, dv2, dh_c, dh0           (§3.3 step 2)
+//   gdn_chunk_dqk   per (b, h, chunk): dq̂, dk̂ (state and intra terms), dw, dγ       (§3.3 step 3)
+//   gdn_chunk_dwy   per (b, h, chunk): WY backward through A, dv, dβ, dk̂ +=, dg     (§3.3 steps 4–5)
+//   gdn_l2_back     dq, dk from dq̂, dk̂ (only with GdnSpec.L2NormQK; shared with the recurrent form)
 // Scratch layouts are described in gdn_chunk_common.glsl; everything is fp32.
 using System.Runtime.InteropServices;
 
@@ -94,6 +100,76 @@ public sealed partial class VulkanBackend
         }
         finally
         {
+            DisposeWork(work);
+        }
+    }
+
+    void GdnChunkedBackward(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor? h0, Tensor dO, Tensor? dht,
+                            Tensor dq, Tensor dk, Tensor dv, Tensor dg, Tensor dbeta, Tensor? dh0, GdnSpec spec,
+                            int B, int T, int H, int K, int V)
+    {
+        GdnChunkBudget("chunked GdnBackward", T, K, V, spec.ChunkSize);
+        var work = GdnChunkRecompute(q, k, v, g, beta, h0, null, spec, B, T, H, K, V);
+        int NT = (int)work.Args.NT;
+        long BH = (long)B * H, nG = (long)B * T * H;
+        // bw: dv2 (B,T,H,V) | dh_c (B,H,NT,K,V) | dw (B,T,H,K) | dγ (B,T,H)
+        long offDh = nG * V, offDw = offDh + BH * NT * K * V, offDgam = offDw + nG * K, bwTotal = offDgam + nG;
+        // gradients: dq̂ | dk̂ | dv | dg | dβ (as the recurrent form's buffer, so gdn_l2_back reads it too)
+        long offDk = nG * K, offDv = 2 * nG * K, offDg = offDv + nG * V, offDb = offDg + nG, gTotal = offDb + nG;
+        var args = work.Args;
+        args.Flags = (uint)((dht is null ? GdnChunkFlags.None : GdnChunkFlags.Final) | (dh0 is null ? GdnChunkFlags.None : GdnChunkFlags.Dh0));
+        args.OffDv2 = 0;
+        args.OffDh = checked((uint)offDh);
+        args.OffDw = checked((uint)offDw);
+        args.OffDgam = checked((uint)offDgam);
+        args.OffDk = checked((uint)offDk);
+        args.OffDv = checked((uint)offDv);
+        args.OffDg = checked((uint)offDg);
+        args.OffDb = checked((uint)offDb);
+        var bw = (VulkanTensor)Allocate([checked((int)bwTotal)]);
+        var grads = (VulkanTensor)Allocate([checked((int)gTotal)]);
+        try
+        {
+            uint[] specs = [(uint)K, (uint)V, (uint)spec.ChunkSize, GdnChunkGroup];
+            VulkanTensor vdO = F32(dO, "dO"), cw = work.Cw;
+            var (cx, cy) = Grid(BH * NT);
+            var (sx, sy) = Grid(BH * Ceil(V, GdnChunkGroup));
+            Launch("gdn_chunk_dvloc", specs, [Read(work.Q, "q"), Read(work.K, "k"), Read(cw, "chunk work"), Read(vdO, "dO"), Write(bw, "backward work")],
+                   args, cx, cy);
+            Launch("gdn_chunk_dscan", specs,
+                   [Read(work.Q, "q"), Read(work.K, "k"), Read(cw, "chunk work"), Read(vdO, "dO"), ReadWrite(bw, "backward work"),
+                    dht is null ? Read(bw, "backward work") : Read(F32(dht, "dht"), "dht"),
+                    dh0 is null ? Write(bw, "backward work") : Write(F32(dh0, "dh0"), "dh0")],
+                   args, sx, sy);
+            Launch("gdn_chunk_dqk", specs,
+                   [Read(work.Q, "q"), Read(work.K, "k"), Read(cw, "chunk work"), Read(vdO, "dO"), ReadWrite(bw, "backward work"), Write(grads, "gradients")],
+                   args, cx, cy);
+            Launch("gdn_chunk_dwy", specs,
+                   [Read(work.K, "k"), Read(F32(v, "v"), "v"), Read(F32(beta, "beta"), "beta"), Read(cw, "chunk work"), Read(bw, "backward work"),
+                    ReadWrite(grads, "gradients")],
+                   args, cx, cy);
+            if (spec.L2NormQK)
+            {
+                var l2 = new GdnArgs { B = (uint)B, T = (uint)T, H = (uint)H, OffDk = (uint)offDk };
+                var (lx, ly) = Grid(Ceil(2 * nG, 64));
+                Launch("gdn_l2_back", [(uint)K, (uint)V, 64u],
+                       [Read(F32(q, "q"), "q"), Read(F32(k, "k"), "k"), Read(grads, "gradients"), Write(F32(dq, "dq"), "dq"), Write(F32(dk, "dk"), "dk")],
+                       l2, lx, ly);
+            }
+            else
+            {
+                CopyOut(grads, 0, F32(dq, "dq"), nG * K);
+                CopyOut(grads, offDk, F32(dk, "dk"), nG * K);
+            }
+            CopyOut(grads, offDv, F32(dv, "dv"), nG * V);
+            CopyOut(grads, offDg, F32(dg, "dg"), nG);
+            CopyOut(grads, offDb, F32(dbeta, "dbeta"), nG);
+        }
+        finally
+        {
+            // released once the queued work that uses them has finished (deferred)
+            bw.Dispose();
+            grads.Dispose();
             DisposeWork(work);
         }
     }
