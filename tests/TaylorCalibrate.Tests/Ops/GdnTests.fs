@@ -251,6 +251,17 @@ let vulkanTests =
               checkAll e r $"chunked {chunk}"
               checkSame r64 r $"chunk {chunk} vs 64"
       }
+      test $"{h.Name} mode selector picks the form that runs when the other is refused" {
+          let be = h.Get()
+          // T·(recurrent backward loop count per token, 22 at K = 16, V = 64) exceeds lavapipe's loop guard,
+          // so the recurrent backward throws NotSupportedException there, while the chunked form fits
+          let t = GdnModeSelector.Measure(be, B = 1, T = 3000, H = 1, K = 16, V = 64, repeats = 1)
+          if Double.IsPositiveInfinity t.RecurrentSeconds then
+              Expect.isTrue (Double.IsFinite t.ChunkedSeconds) "chunked form timed"
+              Expect.equal t.Faster GdnMode.Chunked "the refused recurrent form is never chosen"
+          else
+              skiptest "this device has no loop budget (not lavapipe): both forms run"
+      }
       test $"{h.Name} rejects bad arguments with the tensor's name" {
           let be = h.Get()
           let z (s: int list) = be.Allocate(Array.ofList s)
