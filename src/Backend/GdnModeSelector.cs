@@ -20,8 +20,11 @@ public static class GdnModeSelector
     /// <summary>
     /// Times GdnForward + GdnBackward in both modes on random inputs of shape [B,T,H,K] / [B,T,H,V]
     /// (one warm-up call each, then the median of <paramref name="repeats"/>). Allocates and frees its tensors.
+    /// A form the backend refuses with NotSupportedException (not implemented, or beyond a device limit) gets
+    /// +∞ seconds, so the other one is chosen.
     /// </summary>
     /// <exception cref="ArgumentException">A size is not positive, or the backend rejects the shape.</exception>
+    /// <exception cref="NotSupportedException">The backend supports neither form for this shape.</exception>
     public static GdnTiming Measure(IBackend backend, int B = 1, int T = 2048, int H = 8, int K = 64, int V = 64,
                                     int repeats = 3, int chunkSize = 64)
     {
@@ -68,7 +71,16 @@ public static class GdnModeSelector
                 Array.Sort(times);
                 return times[repeats / 2];
             }
-            return new GdnTiming(Time(GdnMode.Chunked), Time(GdnMode.Recurrent), B, T, H, K, V);
+            NotSupportedException? refused = null;
+            double TimeOrInfinity(GdnMode mode)
+            {
+                try { return Time(mode); }
+                catch (NotSupportedException e) { refused = e; return double.PositiveInfinity; }
+            }
+            double chunked = TimeOrInfinity(GdnMode.Chunked), recurrent = TimeOrInfinity(GdnMode.Recurrent);
+            if (double.IsPositiveInfinity(chunked) && double.IsPositiveInfinity(recurrent))
+                throw new NotSupportedException($"GdnModeSelector: the backend supports neither GDN form for B={B} T={T} H={H} K={K} V={V}", refused);
+            return new GdnTiming(chunked, recurrent, B, T, H, K, V);
         }
         finally
         {

@@ -1,8 +1,7 @@
 // Gated delta rule on the Vulkan backend (contract: IBackend.GdnForward/GdnBackward; maths: kernels.md §3;
 // CPU twin: Cpu/Gdn). Token-recurrent form: gdn_recurrent.comp (forward, one invocation per value column),
 // gdn_recurrent_back.comp (BPTT with segment checkpoints and fixed-order column reductions), gdn_l2_back.comp
-// (the in-kernel L2 norm's backward). The chunked WY form (kernels.md §3.2–3.3) is not written yet on Vulkan:
-// GdnMode.Chunked throws NotSupportedException rather than silently running another algorithm.
+// (the in-kernel L2 norm's backward). The chunked WY form (kernels.md §3.2–3.3) is VulkanBackend.GdnChunked.cs.
 using System.Runtime.InteropServices;
 
 namespace TaylorCalibrate.Backend.Vulkan;
@@ -49,7 +48,11 @@ public sealed partial class VulkanBackend
         var (B, T, H, K, V) = GdnShapes(q, k, v, g, beta, h0, spec);
         Check.Shape(o, "o", B, T, H, V);
         if (ht is not null) Check.Shape(ht, "ht", B, H, K, V);
-        RequireRecurrent(spec, "GdnForward");
+        if (spec.Mode == GdnMode.Chunked)
+        {
+            GdnChunkedForward(q, k, v, g, beta, h0, o, ht, spec, B, T, H, K, V);
+            return;
+        }
         long kc = Ceil(K, GdnKChunk);
         LoopBudget("GdnForward", T * (3 * kc + 1) + 2 * kc);
         var flags = (h0 is null ? GdnFlags.None : GdnFlags.H0) | (ht is null ? GdnFlags.None : GdnFlags.Final)
@@ -76,7 +79,11 @@ public sealed partial class VulkanBackend
         Check.Shape(dg, "dg", B, T, H);
         Check.Shape(dbeta, "dbeta", B, T, H);
         if (dh0 is not null) Check.Shape(dh0, "dh0", B, H, K, V);
-        RequireRecurrent(spec, "GdnBackward");
+        if (spec.Mode == GdnMode.Chunked)
+        {
+            GdnChunkedBackward(q, k, v, g, beta, h0, dO, dht, dq, dk, dv, dg, dbeta, dh0, spec, B, T, H, K, V);
+            return;
+        }
 
         long BH = (long)B * H, KV = (long)K * V, nG = (long)B * T * H, nS = BH * KV;
         uint wg = (uint)Math.Min(256, (V + 31) / 32 * 32);   // one invocation per value column
@@ -146,13 +153,6 @@ public sealed partial class VulkanBackend
     /// <summary>Queues dst[0, count) = src[from, from+count) (floats).</summary>
     void CopyOut(VulkanTensor src, long from, VulkanTensor dst, long count) =>
         rec.Copy(src.Buffer, 4UL * (ulong)from, dst.Buffer, 0, 4UL * (ulong)count);
-
-    static void RequireRecurrent(GdnSpec spec, string op)
-    {
-        if (spec.Mode != GdnMode.Recurrent)
-            throw new NotSupportedException($"{op}: GdnMode.{spec.Mode} is not implemented on the Vulkan backend yet; use GdnMode.Recurrent "
-                                            + "(same results to fp32 rounding) or the CPU backend");
-    }
 
     static (int B, int T, int H, int K, int V) GdnShapes(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor? h0, GdnSpec spec)
     {

@@ -12,8 +12,8 @@ open TaylorCalibrate.Tests
 
 module Ref = TaylorCalibrate.Tests.GdnReference
 
-// Backends that run every test below (both GDN forms). Vulkan has only the token-recurrent form so far
-// (GdnMode.Chunked throws NotSupportedException there); its tests are the `vulkanTests` list at the end.
+// Backends that run every test below (both GDN forms). Vulkan runs its own, smaller list (`vulkanTests` at
+// the end): lavapipe compiles every (K, V, chunk) specialisation of every kernel, and is slow.
 let backends = [ Backends.cpu ]
 
 /// Tolerances: relative RMS error RMS(ref − out)/RMS(ref) against the double reference, fp32 kernels.
@@ -153,6 +153,23 @@ let checkAll (e: Expected) (r: Result) (what: string) =
     close Tol.gateGrad e.Grads.DBeta r.DBeta "dbeta"
     r.DH0 |> Option.iter (fun a -> close Tol.grad e.Grads.DH0 a "dh0")
 
+/// Checks a result against another backend/form's result at the same tolerances as against the reference.
+let checkSame (baseline: Result) (r: Result) (what: string) =
+    let close tol (exp: float32[]) (act: float32[]) name =
+        let expD = Array.map float exp
+        if printErrors then eprintfn "error %s %s %.2e" what name (Numeric.relRms expD act)
+        Numeric.close tol Tol.absFloor expD act $"{what}: {name}"
+    close Tol.output baseline.O r.O "o"
+    close Tol.output baseline.Ht r.Ht "ht"
+    close Tol.grad baseline.DQ r.DQ "dq"
+    close Tol.grad baseline.DK r.DK "dk"
+    close Tol.grad baseline.DV r.DV "dv"
+    close Tol.gateGrad baseline.DG r.DG "dg"
+    close Tol.gateGrad baseline.DBeta r.DBeta "dbeta"
+    match baseline.DH0, r.DH0 with
+    | Some a, Some b -> close Tol.grad a b "dh0"
+    | _ -> ()
+
 let cases =
     [ { B = 2; T = 1; H = 2; K = 8; V = 8; H0 = true; Dht = true; L2 = true; Gates = Wide; Betas = Uniform; Seed = 1 }
       { B = 1; T = 63; H = 2; K = 60; V = 64; H0 = false; Dht = false; L2 = true; Gates = Slow; Betas = Uniform; Seed = 2 }
@@ -162,6 +179,16 @@ let cases =
       { B = 1; T = 130; H = 2; K = 16; V = 100; H0 = true; Dht = true; L2 = false; Gates = Slow; Betas = Uniform; Seed = 6 }
       { B = 1; T = 300; H = 1; K = 128; V = 128; H0 = true; Dht = true; L2 = true; Gates = Slow; Betas = Uniform; Seed = 7 }
       { B = 1; T = 300; H = 2; K = 8; V = 8; H0 = false; Dht = true; L2 = true; Gates = Wide; Betas = NearZero; Seed = 8 } ]
+
+/// Vulkan chunked-form cases: T ∈ {1, 63, 64, 65, 75, 130}, K/V ∈ {16, 60, 64}, with and without h0, dht and
+/// the L2 norm, in few distinct (K, V) pairs (lavapipe compiles every specialisation of every kernel).
+let vulkanChunkedCases =
+    [ { B = 2; T = 1; H = 2; K = 64; V = 64; H0 = true; Dht = true; L2 = true; Gates = Wide; Betas = NearZero; Seed = 11 }
+      cases[1]
+      cases[2]
+      { B = 1; T = 65; H = 2; K = 64; V = 64; H0 = true; Dht = true; L2 = true; Gates = Slow; Betas = Uniform; Seed = 12 }
+      cases[4]
+      { B = 1; T = 130; H = 2; K = 16; V = 64; H0 = true; Dht = true; L2 = false; Gates = Slow; Betas = Uniform; Seed = 13 } ]
 
 /// A tiny case for the finite-difference check of the reference.
 let tinyCase l2 = { B = 1; T = 5; H = 2; K = 3; V = 2; H0 = true; Dht = true; L2 = l2; Gates = Slow; Betas = Uniform; Seed = 9 }
@@ -195,7 +222,8 @@ let referenceFiniteDifferences l2 =
         check "dh0" grads.DH0 (numeric (fun x -> x.H0.Value) (fun x a -> { x with H0 = Some a }))
     }
 
-/// Vulkan: every case in the recurrent form at the CPU's tolerances; the chunked form must refuse clearly.
+/// Vulkan: every case in the recurrent form, and the chunked cases in the chunked form (against the reference,
+/// the recurrent form and other chunk sizes), all at the CPU's tolerances.
 let vulkanTests =
     let h = Backends.vulkan
     [ for c in cases do
@@ -204,12 +232,35 @@ let vulkanTests =
             let d = makeData c
             checkAll (expected c d) (run be c d GdnMode.Recurrent 64) "recurrent"
         }
-      test $"{h.Name} chunked form" {
+      for c in vulkanChunkedCases do
+        test $"{h.Name} chunked (64) vs reference and vs recurrent: {c}" {
+            let be = h.Get()
+            let d = makeData c
+            let rc = run be c d GdnMode.Chunked 64
+            checkAll (expected c d) rc "chunked 64"
+            checkSame (run be c d GdnMode.Recurrent 64) rc "chunked 64 vs recurrent"
+        }
+      let c = vulkanChunkedCases[3]
+      test $"{h.Name} chunk size 16/32 gives the 64 result: {c}" {
           let be = h.Get()
-          let c = cases[0]
           let d = makeData c
-          Expect.throwsT<NotSupportedException> (fun () -> run be c d GdnMode.Chunked 64 |> ignore) "chunked is refused, not approximated"
-          skiptest "GdnMode.Chunked is not implemented on the Vulkan backend yet (it throws NotSupportedException)"
+          let e = expected c d
+          let r64 = run be c d GdnMode.Chunked 64
+          for chunk in [ 16; 32 ] do
+              let r = run be c d GdnMode.Chunked chunk
+              checkAll e r $"chunked {chunk}"
+              checkSame r64 r $"chunk {chunk} vs 64"
+      }
+      test $"{h.Name} mode selector picks the form that runs when the other is refused" {
+          let be = h.Get()
+          // T·(recurrent backward loop count per token, 22 at K = 16, V = 64) exceeds lavapipe's loop guard,
+          // so the recurrent backward throws NotSupportedException there, while the chunked form fits
+          let t = GdnModeSelector.Measure(be, B = 1, T = 3000, H = 1, K = 16, V = 64, repeats = 1)
+          if Double.IsPositiveInfinity t.RecurrentSeconds then
+              Expect.isTrue (Double.IsFinite t.ChunkedSeconds) "chunked form timed"
+              Expect.equal t.Faster GdnMode.Chunked "the refused recurrent form is never chosen"
+          else
+              skiptest "this device has no loop budget (not lavapipe): both forms run"
       }
       test $"{h.Name} rejects bad arguments with the tensor's name" {
           let be = h.Get()
