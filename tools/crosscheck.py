@@ -144,8 +144,8 @@ def case_attention(cli, device, wd, rng):
         if B * T * H * D <= 7 * 4 * 8 + 1:  # FD is O(n²): only on the small case
             loss = lambda: float((attention_ref(q64, k64, v64, scale)[0] * do).sum())
             for nm, x in (("dq", q64), ("dk", k64), ("dv", v64)):
-                # gradients: fp32 kernels vs float64 FD (FD error ~1e-9): fp32 reductions over T rows ~1e-6.
-                results.append((name, nm, rel_rms(fd_grad(loss, x), out[nm]), 1e-4))
+                # gradients: fp32 kernels (~1e-7·√T relative) vs float64 FD (error ~1e-9): 1e-5 leaves ~20x headroom.
+                results.append((name, nm, rel_rms(fd_grad(loss, x), out[nm]), 1e-5))
     return results
 
 def case_gdn(cli, device, wd, rng):
@@ -174,7 +174,7 @@ def case_gdn(cli, device, wd, rng):
                 o_, ht_ = gdn_ref(x64["q"], x64["k"], x64["v"], x64["g"], x64["beta"], x64.get("h0"), scale, l2)
                 return float((o_ * x64["do"]).sum() + (ht_ * x64["dht"]).sum())
             for nm, src in (("dq", "q"), ("dk", "k"), ("dv", "v"), ("dg", "g"), ("dbeta", "beta")) + ((("dh0", "h0"),) if withh0 else ()):
-                results.append((name, nm, rel_rms(fd_grad(loss, x64[src]), out[nm]), 1e-4))
+                results.append((name, nm, rel_rms(fd_grad(loss, x64[src]), out[nm]), 1e-5))
     return results
 
 CASES = {"matmul": case_matmul, "attention": case_attention, "gdn": case_gdn}

@@ -17,10 +17,10 @@ let private numpyAvailable =
              p.WaitForExit()
              p.ExitCode = 0))
 
-/// The op families the cross-check covers on a device; Vulkan runs only those it implements.
+/// The op families the cross-check covers on each device.
 let private cases =
     [ "cpu", Backends.cpu, "matmul,attention,gdn"
-      "vulkan", Backends.vulkan, "matmul" ]
+      "vulkan", Backends.vulkan, "matmul,attention,gdn" ]
 
 [<Tests>]
 let tests =
