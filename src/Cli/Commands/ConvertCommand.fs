@@ -66,6 +66,9 @@ type Prepared =
 let prepare teacherPath (keep: string option) (policy: string option) (fraction: float option) calibText (evalText: string option)
             allowOverlap (expand: string option) : Prepared =
     let t = ModelFiles.loadTeacher teacherPath |> orFail
+    // The gdn_v4 layer has no output bias (method.md §3): converting would silently drop the teacher's.
+    if t.Config.OutputBias then
+        usageError $"--teacher {teacherPath}: its attention has an o_proj bias (attention_bias = true); the gdn_v4 student has none, so it cannot be built from this teacher"
     let L = t.Config.Layers
     let kept =
         match keep, policy with

@@ -1,0 +1,41 @@
+/// `taylor-calibrate convert` through the real executable on stories260K (skipped without ../shared): every
+/// kind of bad input gets a one-line error naming the option, exit code 2, and leaves --out absent.
+module TaylorCalibrate.Tests.Cli.ConvertCliTests
+
+open System.IO
+open Expecto
+open TaylorCalibrate.Tests
+
+let private expectRefused (args: string list) (fragments: string list) (outDir: string) =
+    let r = CliRunner.run args
+    Expect.equal r.ExitCode 2 $"exit code 2 (stdout: {r.Out}; stderr: {r.Err})"
+    Expect.equal (r.Err.Trim().Split('\n').Length) 1 $"one line on stderr: {r.Err}"
+    for f in fragments do Expect.stringContains r.Err f "the message names what is wrong"
+    Expect.isFalse (Directory.Exists outDir) "nothing written to --out"
+
+[<Tests>]
+let tests =
+    testList "Cli.convert" [
+        let cases =
+            [ "kept layer out of range", [ "--keep"; "0,7" ], [], [ "--keep"; "layer 7"; "0..4" ]
+              "kept layer listed twice", [ "--keep"; "1,1" ], [], [ "--keep"; "twice" ]
+              "all layers kept", [ "--keep"; "0,1,2,3,4" ], [], [ "--keep"; "all 5" ]
+              "unknown init", [ "--keep"; "0"; "--init"; "magic" ], [], [ "--init magic" ]
+              "calibration text overlapping the evaluation text", [ "--keep"; "0" ], [ "--eval-text"; "CALIB" ], [ "overlap" ] ]
+        for name, keepArgs, extra, fragments in cases ->
+            test name {
+                let teacher = Shared.requireShared "models/stories260K/stories260K.bin"
+                let calib = Shared.requireShared "data/tinystories/valid-head.txt"
+                let out = Path.Combine(CliRunner.tempDir (), "student")
+                let extra = extra |> List.map (fun a -> if a = "CALIB" then calib else a)
+                expectRefused ([ "convert"; "--teacher"; teacher; "--calib-text"; calib; "--out"; out; "--device"; "cpu" ] @ keepArgs @ extra) fragments out
+            }
+        yield test "calibration text shorter than one batch" {
+            let teacher = Shared.requireShared "models/stories260K/stories260K.bin"
+            let dir = CliRunner.tempDir ()
+            let short = Path.Combine(dir, "short.txt")
+            File.WriteAllText(short, "Once upon a time there was a cat.")
+            let out = Path.Combine(dir, "student")
+            expectRefused [ "convert"; "--teacher"; teacher; "--keep"; "0"; "--calib-text"; short; "--out"; out; "--device"; "cpu" ] [ "short.txt" ] out
+        }
+    ]
