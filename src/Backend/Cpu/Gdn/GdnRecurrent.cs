@@ -4,6 +4,7 @@
 // 64) stays in L1/L2.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace TaylorCalibrate.Backend.Cpu;
 
@@ -216,7 +217,14 @@ internal static unsafe class GdnRecurrent
             // pass B: dS += scale·q dOᵀ; dk; dq; dS′ = dS − β k duᵀ; dg = Σ S′⊙dS′; dS ← e^g·dS′
             float dg = 0f;
             float* dqt = dq + (long)t * K, dkt = dk + (long)t * K;
-            for (int i = 0; i < K; i++)
+            int i0 = 0;
+            if (Avx.IsSupported && V % 8 == 0)
+            {
+                // Rows in pairs (PassB2); the odd last row, if any, goes through the row kernel below.
+                i0 = K - K % 2;
+                dg = PassB2(prev, dS, K, V, decay, scale, beta, qt, kt, dOt, u, du, udo, dkt, dqt);
+            }
+            for (int i = i0; i < K; i++)
             {
                 PassB(prev + (long)i * V, dS + (long)i * V, decay, scale * qt[i], beta * kt[i], dOt, u, du, V,
                       out float dSu, out float spdu, out float spdsp, out float pdo);
@@ -267,6 +275,67 @@ internal static unsafe class GdnRecurrent
             kS[j] = MathF.FusedMultiplyAdd(ki * decay, prev[j], kS[j]);
             du[j] = MathF.FusedMultiplyAdd(ki, dS[j], du[j]);
         }
+    }
+
+    // Pass B for rows [0, K − K % 2) in pairs, V % 8 == 0 (same maths as PassB, which stays the reference).
+    // Per row PassB loads dO, u, du again and ends in four horizontal sums, which dominated at V = 64–128.
+    // Here one load of dO, u, du per 8 columns serves two rows; the per-row dot products stay in vector
+    // accumulators (6) and are reduced together by one hadd tree (Sum4); and dg = Σ_i S′_i·dS′_i is one
+    // vector accumulator over all rows (e^g·Σ prev⊙dS′), reduced once. Returns dg for these rows.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static float PassB2(float* prev, float* dS, int K, int V, float decay, float scale, float beta, float* q, float* k,
+                        float* dO, float* u, float* du, float udo, float* dk, float* dq)
+    {
+        var vdec = Vector256.Create(decay);
+        var g = Vector256<float>.Zero;   // Σ prev⊙dS′ (times decay at the end)
+        for (int i = 0; i + 2 <= K; i += 2)
+        {
+            float* p0 = prev + (long)i * V, p1 = p0 + V;
+            float* d0 = dS + (long)i * V, d1 = d0 + V;
+            var sq0 = Vector256.Create(scale * q[i]); var sq1 = Vector256.Create(scale * q[i + 1]);
+            var nbk0 = Vector256.Create(-beta * k[i]); var nbk1 = Vector256.Create(-beta * k[i + 1]);
+            Vector256<float> du0 = default, du1 = default;   // d_i·u
+            Vector256<float> pu0 = default, pu1 = default;   // prev_i·du
+            Vector256<float> po0 = default, po1 = default;   // prev_i·dO
+            for (int j = 0; j < V; j += 8)
+            {
+                var vo = Vector256.Load(dO + j);
+                var vu = Vector256.Load(u + j);
+                var vdu = Vector256.Load(du + j);
+                var x0 = Vector256.Load(p0 + j);
+                var e0 = Vector256.FusedMultiplyAdd(sq0, vo, Vector256.Load(d0 + j));   // d = dS + sq·dO
+                du0 = Vector256.FusedMultiplyAdd(e0, vu, du0);
+                pu0 = Vector256.FusedMultiplyAdd(x0, vdu, pu0);
+                po0 = Vector256.FusedMultiplyAdd(x0, vo, po0);
+                e0 = Vector256.FusedMultiplyAdd(nbk0, vdu, e0);                         // dS′ = d − βk·du
+                g = Vector256.FusedMultiplyAdd(x0, e0, g);
+                (e0 * vdec).Store(d0 + j);
+                var x1 = Vector256.Load(p1 + j);
+                var e1 = Vector256.FusedMultiplyAdd(sq1, vo, Vector256.Load(d1 + j));
+                du1 = Vector256.FusedMultiplyAdd(e1, vu, du1);
+                pu1 = Vector256.FusedMultiplyAdd(x1, vdu, pu1);
+                po1 = Vector256.FusedMultiplyAdd(x1, vo, po1);
+                e1 = Vector256.FusedMultiplyAdd(nbk1, vdu, e1);
+                g = Vector256.FusedMultiplyAdd(x1, e1, g);
+                (e1 * vdec).Store(d1 + j);
+            }
+            var r = Sum4(du0, du1, pu0, pu1);        // (d_i·u, d_{i+1}·u, prev_i·du, prev_{i+1}·du)
+            var ro = Sum4(po0, po1, po0, po1);       // (prev_i·dO, prev_{i+1}·dO, …)
+            float bd = beta * decay;                 // S′·du = decay·(prev·du)
+            dk[i] = r.GetElement(0) - bd * r.GetElement(2);
+            dk[i + 1] = r.GetElement(1) - bd * r.GetElement(3);
+            dq[i] = scale * (decay * ro.GetElement(0) + k[i] * udo);
+            dq[i + 1] = scale * (decay * ro.GetElement(1) + k[i + 1] * udo);
+        }
+        return decay * Vector256.Sum(g);
+    }
+
+    // (Σa, Σb, Σc, Σd) of four vectors: two rounds of hadd leave the low/high-lane partial sums, then one add.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector128<float> Sum4(Vector256<float> a, Vector256<float> b, Vector256<float> c, Vector256<float> d)
+    {
+        var h = Avx.HorizontalAdd(Avx.HorizontalAdd(a, b), Avx.HorizontalAdd(c, d));
+        return h.GetLower() + h.GetUpper();
     }
 
     // Row i of the reverse step: d = dS_i + sq·dO; dSu = d·u; S′ = decay·prev; spdu = S′·du;
