@@ -7,15 +7,15 @@ namespace TaylorCalibrate.Backend.Cpu;
 
 public sealed partial class CpuBackend
 {
-    /// <summary>Largest head size K or V the gated-delta-rule kernels accept (kernels.md §3.4).</summary>
-    public const int GdnMaxHeadDim = 256;
+    /// <summary>Largest head size K or V (see <see cref="SequenceShapes.GdnMaxHeadDim"/>).</summary>
+    public const int GdnMaxHeadDim = SequenceShapes.GdnMaxHeadDim;
 
     // ---- attention --------------------------------------------------------------------------------------
 
     /// <inheritdoc />
     public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, float scale, Tensor? stats = null, Tensor? probs = null)
     {
-        var (B, T, H, Hkv, D) = AttentionShapes(q, k, v);
+        var (B, T, H, Hkv, D) = SequenceShapes.Attention(q, k, v);
         Check.Shape(o, "o", B, T, H, D);
         Check.Shape(lse, "lse", B, H, T);
         if (stats is not null) Check.Shape(stats, "stats", B, H, 2);
@@ -28,7 +28,7 @@ public sealed partial class CpuBackend
     /// <inheritdoc />
     public void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO, Tensor dq, Tensor dk, Tensor dv, float scale)
     {
-        var (B, T, H, Hkv, D) = AttentionShapes(q, k, v);
+        var (B, T, H, Hkv, D) = SequenceShapes.Attention(q, k, v);
         Check.Shape(o, "o", B, T, H, D);
         Check.Shape(lse, "lse", B, H, T);
         Check.Shape(dO, "dO", B, T, H, D);
@@ -39,25 +39,13 @@ public sealed partial class CpuBackend
                                 F32(dq, "dq").F, F32(dk, "dk").F, F32(dv, "dv").F, new AttentionDims(B, T, H, Hkv, D), scale);
     }
 
-    static (int B, int T, int H, int Hkv, int D) AttentionShapes(Tensor q, Tensor k, Tensor v)
-    {
-        Check.That(q.Rank == 4, $"tensor 'q' has shape {q.ShapeText}, expected [B,T,H,D]");
-        int B = q.Dim(0), T = q.Dim(1), H = q.Dim(2), D = q.Dim(3);
-        Check.That(T >= 1 && D >= 1 && H >= 1, $"tensor 'q' has shape {q.ShapeText}, expected T, H, D ≥ 1");
-        Check.That(k.Rank == 4, $"tensor 'k' has shape {k.ShapeText}, expected [{B},{T},Hkv,{D}]");
-        int Hkv = k.Dim(2);
-        Check.Shape(k, "k", B, T, Hkv, D);
-        Check.That(Hkv >= 1 && H % Hkv == 0, $"tensor 'k' has {Hkv} heads (shape {k.ShapeText}); the {H} query heads of 'q' must be a multiple of it");
-        Check.Shape(v, "v", B, T, Hkv, D);
-        return (B, T, H, Hkv, D);
-    }
 
     // ---- gated delta rule -------------------------------------------------------------------------------
 
     /// <inheritdoc />
     public void GdnForward(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor? h0, Tensor o, Tensor? ht, GdnSpec spec)
     {
-        var (B, T, H, K, V) = GdnShapes(q, k, v, g, beta, h0, spec);
+        var (B, T, H, K, V) = SequenceShapes.Gdn(q, k, v, g, beta, h0, spec);
         Check.Shape(o, "o", B, T, H, V);
         if (ht is not null) Check.Shape(ht, "ht", B, H, K, V);
         float[] qf = F32(q, "q").F, kf = F32(k, "k").F, vf = F32(v, "v").F, gf = F32(g, "g").F, bf = F32(beta, "beta").F;
@@ -89,7 +77,7 @@ public sealed partial class CpuBackend
     public void GdnBackward(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor? h0, Tensor dO, Tensor? dht,
                             Tensor dq, Tensor dk, Tensor dv, Tensor dg, Tensor dbeta, Tensor? dh0, GdnSpec spec)
     {
-        var (B, T, H, K, V) = GdnShapes(q, k, v, g, beta, h0, spec);
+        var (B, T, H, K, V) = SequenceShapes.Gdn(q, k, v, g, beta, h0, spec);
         Check.Shape(dO, "dO", B, T, H, V);
         if (dht is not null) Check.Shape(dht, "dht", B, H, K, V);
         Check.Shape(dq, "dq", B, T, H, K);
@@ -134,23 +122,4 @@ public sealed partial class CpuBackend
         });
     }
 
-    static (int B, int T, int H, int K, int V) GdnShapes(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor? h0, GdnSpec spec)
-    {
-        Check.That(q.Rank == 4, $"tensor 'q' has shape {q.ShapeText}, expected [B,T,H,K]");
-        int B = q.Dim(0), T = q.Dim(1), H = q.Dim(2), K = q.Dim(3);
-        Check.That(T >= 1 && H >= 1, $"tensor 'q' has shape {q.ShapeText}, expected T ≥ 1 and H ≥ 1");
-        Check.That(K >= 1 && K <= GdnMaxHeadDim, $"tensor 'q' has shape {q.ShapeText}: head size K = {K} must be in 1..{GdnMaxHeadDim}");
-        Check.Shape(k, "k", B, T, H, K);
-        Check.That(v.Rank == 4, $"tensor 'v' has shape {v.ShapeText}, expected [{B},{T},{H},V]");
-        int V = v.Dim(3);
-        Check.Shape(v, "v", B, T, H, V);
-        Check.That(V >= 1 && V <= GdnMaxHeadDim, $"tensor 'v' has shape {v.ShapeText}: head size V = {V} must be in 1..{GdnMaxHeadDim}");
-        Check.Shape(g, "g", B, T, H);
-        Check.Shape(beta, "beta", B, T, H);
-        if (h0 is not null) Check.Shape(h0, "h0", B, H, K, V);
-        Check.That(spec.Mode is GdnMode.Chunked or GdnMode.Recurrent, $"GdnSpec.Mode {spec.Mode} is not a known mode");
-        Check.That(spec.Mode != GdnMode.Chunked || spec.ChunkSize is 16 or 32 or 64,
-                   $"GdnSpec.ChunkSize is {spec.ChunkSize}, expected 16, 32 or 64");
-        return (B, T, H, K, V);
-    }
 }

@@ -30,7 +30,7 @@ public sealed partial class VulkanBackend
     /// <inheritdoc />
     public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, float scale, Tensor? stats = null, Tensor? probs = null)
     {
-        var (B, T, H, Hkv, D) = AttentionShapes(q, k, v);
+        var (B, T, H, Hkv, D) = SequenceShapes.Attention(q, k, v, AttentionMaxHeadDim);
         Check.Shape(o, "o", B, T, H, D);
         Check.Shape(lse, "lse", B, H, T);
         if (stats is not null) Check.Shape(stats, "stats", B, H, 2);
@@ -68,7 +68,7 @@ public sealed partial class VulkanBackend
     /// <inheritdoc />
     public void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO, Tensor dq, Tensor dk, Tensor dv, float scale)
     {
-        var (B, T, H, Hkv, D) = AttentionShapes(q, k, v);
+        var (B, T, H, Hkv, D) = SequenceShapes.Attention(q, k, v, AttentionMaxHeadDim);
         Check.Shape(o, "o", B, T, H, D);
         Check.Shape(lse, "lse", B, H, T);
         Check.Shape(dO, "dO", B, T, H, D);
@@ -115,17 +115,4 @@ public sealed partial class VulkanBackend
                                             + $"after {LavapipeLoopLimit} (its infinite-loop guard) and would return wrong results. Use a GPU or the CPU backend.");
     }
 
-    static (int B, int T, int H, int Hkv, int D) AttentionShapes(Tensor q, Tensor k, Tensor v)
-    {
-        Check.That(q.Rank == 4, $"tensor 'q' has shape {q.ShapeText}, expected [B,T,H,D]");
-        int B = q.Dim(0), T = q.Dim(1), H = q.Dim(2), D = q.Dim(3);
-        Check.That(T >= 1 && D >= 1 && H >= 1, $"tensor 'q' has shape {q.ShapeText}, expected T, H, D ≥ 1");
-        Check.That(D <= AttentionMaxHeadDim, $"tensor 'q' has shape {q.ShapeText}: head size {D} exceeds {AttentionMaxHeadDim}");
-        Check.That(k.Rank == 4, $"tensor 'k' has shape {k.ShapeText}, expected [{B},{T},Hkv,{D}]");
-        int Hkv = k.Dim(2);
-        Check.Shape(k, "k", B, T, Hkv, D);
-        Check.That(Hkv >= 1 && H % Hkv == 0, $"tensor 'k' has {Hkv} heads (shape {k.ShapeText}); the {H} query heads of 'q' must be a multiple of it");
-        Check.Shape(v, "v", B, T, Hkv, D);
-        return (B, T, H, Hkv, D);
-    }
 }

@@ -33,8 +33,8 @@ internal enum GdnFlags : uint
 
 public sealed partial class VulkanBackend
 {
-    /// <summary>Largest head size K or V of the gated-delta-rule kernels (kernels.md §3.4).</summary>
-    public const int GdnMaxHeadDim = 256;
+    /// <summary>Largest head size K or V (see <see cref="SequenceShapes.GdnMaxHeadDim"/>).</summary>
+    public const int GdnMaxHeadDim = SequenceShapes.GdnMaxHeadDim;
     /// <summary>Value columns per workgroup of gdn_recurrent.comp.</summary>
     const uint GdnColumns = 64;
     /// <summary>Chunk of the loops over K (KCHUNK in gdn_common.glsl).</summary>
@@ -45,7 +45,7 @@ public sealed partial class VulkanBackend
     /// <inheritdoc />
     public void GdnForward(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor? h0, Tensor o, Tensor? ht, GdnSpec spec)
     {
-        var (B, T, H, K, V) = GdnShapes(q, k, v, g, beta, h0, spec);
+        var (B, T, H, K, V) = SequenceShapes.Gdn(q, k, v, g, beta, h0, spec);
         Check.Shape(o, "o", B, T, H, V);
         if (ht is not null) Check.Shape(ht, "ht", B, H, K, V);
         if (spec.Mode == GdnMode.Chunked)
@@ -70,7 +70,7 @@ public sealed partial class VulkanBackend
     public void GdnBackward(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor? h0, Tensor dO, Tensor? dht,
                             Tensor dq, Tensor dk, Tensor dv, Tensor dg, Tensor dbeta, Tensor? dh0, GdnSpec spec)
     {
-        var (B, T, H, K, V) = GdnShapes(q, k, v, g, beta, h0, spec);
+        var (B, T, H, K, V) = SequenceShapes.Gdn(q, k, v, g, beta, h0, spec);
         Check.Shape(dO, "dO", B, T, H, V);
         if (dht is not null) Check.Shape(dht, "dht", B, H, K, V);
         Check.Shape(dq, "dq", B, T, H, K);
@@ -154,23 +154,4 @@ public sealed partial class VulkanBackend
     void CopyOut(VulkanTensor src, long from, VulkanTensor dst, long count) =>
         rec.Copy(src.Buffer, 4UL * (ulong)from, dst.Buffer, 0, 4UL * (ulong)count);
 
-    static (int B, int T, int H, int K, int V) GdnShapes(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor? h0, GdnSpec spec)
-    {
-        Check.That(q.Rank == 4, $"tensor 'q' has shape {q.ShapeText}, expected [B,T,H,K]");
-        int B = q.Dim(0), T = q.Dim(1), H = q.Dim(2), K = q.Dim(3);
-        Check.That(T >= 1 && H >= 1, $"tensor 'q' has shape {q.ShapeText}, expected T ≥ 1 and H ≥ 1");
-        Check.That(K >= 1 && K <= GdnMaxHeadDim, $"tensor 'q' has shape {q.ShapeText}: head size K = {K} must be in 1..{GdnMaxHeadDim}");
-        Check.Shape(k, "k", B, T, H, K);
-        Check.That(v.Rank == 4, $"tensor 'v' has shape {v.ShapeText}, expected [{B},{T},{H},V]");
-        int V = v.Dim(3);
-        Check.Shape(v, "v", B, T, H, V);
-        Check.That(V >= 1 && V <= GdnMaxHeadDim, $"tensor 'v' has shape {v.ShapeText}: head size V = {V} must be in 1..{GdnMaxHeadDim}");
-        Check.Shape(g, "g", B, T, H);
-        Check.Shape(beta, "beta", B, T, H);
-        if (h0 is not null) Check.Shape(h0, "h0", B, H, K, V);
-        Check.That(spec.Mode is GdnMode.Chunked or GdnMode.Recurrent, $"GdnSpec.Mode {spec.Mode} is not a known mode");
-        Check.That(spec.Mode != GdnMode.Chunked || spec.ChunkSize is 16 or 32 or 64,
-                   $"GdnSpec.ChunkSize is {spec.ChunkSize}, expected 16, 32 or 64");
-        return (B, T, H, K, V);
-    }
 }
