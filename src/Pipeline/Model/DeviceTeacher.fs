@@ -9,17 +9,7 @@ open TaylorCalibrate.Backend
 /// One layer's tensors on the device; shapes as in LayerWeights.
 type DeviceLayer =
     { AttnNorm: Tensor
-      Wq: Tensor
-      Wk: Tensor
-      Wv: Tensor
-      Wo: Tensor
-      /// (1, Q), (1, K), (1, K), (1, D): row vectors, added with a rank-1 GEMM.
-      Bq: Tensor option
-      Bk: Tensor option
-      Bv: Tensor option
-      Bo: Tensor option
-      QNorm: Tensor option
-      KNorm: Tensor option
+      Attention: DeviceAttention
       MlpNorm: Tensor
       Gate: Tensor
       Up: Tensor
@@ -37,18 +27,8 @@ type DeviceTeacher(backend: IBackend, teacher: Teacher) =
     let embedding = upload w.Embedding [| c.Vocab; c.Dim |]
     let layers =
         w.Layers |> Array.map (fun l ->
-            let row (n: int) (a: float32[] option) = a |> Option.map (fun a -> upload a [| 1; n |])
             { AttnNorm = upload l.AttnNorm [| c.Dim |]
-              Wq = upload l.Wq [| c.QDim; c.Dim |]
-              Wk = upload l.Wk [| c.KvDim; c.Dim |]
-              Wv = upload l.Wv [| c.KvDim; c.Dim |]
-              Wo = upload l.Wo [| c.Dim; c.QDim |]
-              Bq = row c.QDim l.Bq
-              Bk = row c.KvDim l.Bk
-              Bv = row c.KvDim l.Bv
-              Bo = row c.Dim l.Bo
-              QNorm = l.QNorm |> Option.map (fun a -> upload a [| c.HeadDim |])
-              KNorm = l.KNorm |> Option.map (fun a -> upload a [| c.HeadDim |])
+              Attention = SoftmaxAttention.upload upload c l
               MlpNorm = upload l.MlpNorm [| c.Dim |]
               Gate = upload l.Gate [| c.Hidden; c.Dim |]
               Up = upload l.Up [| c.Hidden; c.Dim |]

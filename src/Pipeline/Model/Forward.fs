@@ -38,13 +38,7 @@ type ForwardResult =
       Logits: Tensor
       Traces: LayerTrace list }
 
-let private linear (be: IBackend) (x: Tensor) (w: Tensor) (y: Tensor) (rows: int) =
-    // y (rows, out) = x (rows, in) · wᵀ, w stored (out, in).
-    be.Gemm(x, w, y, GemmSpec(rows, w.Shape[0], w.Shape[1], TransB = true))
-
-/// y (rows, n) += ones (rows, 1) · b (1, n): a bias broadcast over rows as a rank-1 GEMM.
-let private addBias (be: IBackend) (ones: Tensor) (b: Tensor) (y: Tensor) (rows: int) =
-    be.Gemm(ones, b, y, GemmSpec(rows, b.Shape[1], 1, Beta = 1f))
+let private linear = SoftmaxAttention.linear
 
 /// Runs the forward on ids (B·T, row-major) and returns logits (B, T, V) plus the requested traces.
 let run (m: DeviceTeacher) (ids: int[]) (B: int) (T: int) (opts: ForwardOptions) : ForwardResult =
@@ -55,8 +49,9 @@ let run (m: DeviceTeacher) (ids: int[]) (B: int) (T: int) (opts: ForwardOptions)
     for id in ids do
         if id < 0 || id >= c.Vocab then invalidArg "ids" $"token id {id} is outside the vocabulary [0, {c.Vocab})"
     let N = B * T
-    let H, Hkv, hd, D, F = c.Heads, c.KvHeads, c.HeadDim, c.Dim, c.Hidden
+    let H, D, F = c.Heads, c.Dim, c.Hidden
     let scratch = List<Tensor>()
+    let scratchOwners = List<IDisposable>()
     let alloc (shape: int[]) =
         let t = be.Allocate shape
         scratch.Add t
@@ -68,25 +63,14 @@ let run (m: DeviceTeacher) (ids: int[]) (B: int) (T: int) (opts: ForwardOptions)
         let mutable h = alloc [| B; T; D |]
         let xn = alloc [| B; T; D |]
         let rstd = alloc [| N |]
-        let q = alloc [| B; T; H; hd |]
-        let k = alloc [| B; T; Hkv; hd |]
-        let v = alloc [| B; T; Hkv; hd |]
-        let o = alloc [| B; T; H; hd |]
-        let lse = alloc [| B; H; T |]
         let attnOut = alloc [| B; T; D |]
         let gate = alloc [| B; T; F |]
         let up = alloc [| B; T; F |]
         let act = alloc [| B; T; F |]
         let down = alloc [| B; T; D |]
-        let rstdQ = if c.QkNorm then alloc [| N * H |] else null
-        let rstdK = if c.QkNorm then alloc [| N * Hkv |] else null
-        // Normed q/k go to separate buffers: RmsNorm does not promise y may alias x (Rope does).
-        let qNormed = if c.QkNorm then alloc [| B; T; H; hd |] else q
-        let kNormed = if c.QkNorm then alloc [| B; T; Hkv; hd |] else k
-        let stats = if opts.Trace.IsEmpty then null else alloc [| B; H; 2 |]
-        let needsOnes = c.QkvBias || c.OutputBias
-        let ones = if needsOnes then alloc [| N; 1 |] else null
-        if needsOnes then be.Fill(ones, 1f)
+        let stats = if opts.Trace.IsEmpty then None else Some(alloc [| B; H; 2 |])
+        let attn = new AttentionScratch(be, c, B, T)
+        scratchOwners.Add attn
         let cos, sin = m.Rope T
         let traces = List<LayerTrace>()
         be.Embedding(m.Embedding, idsT, x)
@@ -95,23 +79,11 @@ let run (m: DeviceTeacher) (ids: int[]) (B: int) (T: int) (opts: ForwardOptions)
             let tracing = opts.Trace.Contains li
             if not (opts.SkipAttention.Contains li) || tracing then
                 be.RmsNorm(x, l.AttnNorm, xn, rstd, float32 c.NormEps)
-                linear be xn l.Wq q N
-                linear be xn l.Wk k N
-                linear be xn l.Wv v N
-                l.Bq |> Option.iter (fun b -> addBias be ones b q N)
-                l.Bk |> Option.iter (fun b -> addBias be ones b k N)
-                l.Bv |> Option.iter (fun b -> addBias be ones b v N)
-                l.QNorm |> Option.iter (fun w -> be.RmsNorm(q, w, qNormed, rstdQ, float32 c.NormEps))
-                l.KNorm |> Option.iter (fun w -> be.RmsNorm(k, w, kNormed, rstdK, float32 c.NormEps))
-                be.Rope(qNormed, cos, sin, q, c.RopeLayout, false)
-                be.Rope(kNormed, cos, sin, k, c.RopeLayout, false)
-                be.AttentionForward(q, k, v, o, lse, float32 c.AttentionScale, (if tracing then stats else null), null)
-                linear be o l.Wo attnOut N
-                l.Bo |> Option.iter (fun b -> addBias be ones b attnOut N)
+                SoftmaxAttention.forward be c l.Attention attn xn cos sin (if tracing then stats else None) attnOut
                 if tracing then
                     traces.Add
-                        { Layer = li; Input = xn.ToArray(); Context = o.ToArray(); Output = attnOut.ToArray()
-                          Stats = stats.ToArray() }
+                        { Layer = li; Input = xn.ToArray(); Context = attn.O.ToArray(); Output = attnOut.ToArray()
+                          Stats = stats.Value.ToArray() }
             if not (opts.SkipAttention.Contains li) then
                 be.Add(x, attnOut, h)
                 let t = x
@@ -135,6 +107,7 @@ let run (m: DeviceTeacher) (ids: int[]) (B: int) (T: int) (opts: ForwardOptions)
         { Logits = logits; Traces = List.ofSeq traces }
     finally
         for t in scratch do t.Dispose()
+        for o in scratchOwners do o.Dispose()
 
 /// Logits (B·T·V, host) of a forward without traces.
 let logits (m: DeviceTeacher) (ids: int[]) (B: int) (T: int) : float32[] =

@@ -1,25 +1,12 @@
 /// The hybrid student on a backend and its forward pass (method.md §2): the teacher's block structure,
-/// with each layer's mixer either the teacher's softmax attention (kept layers, computed exactly as
-/// Model/Forward.fs does: RoPE, optional q/k norm, biases) or the gdn_v4 layer of GdnLayer.fs.
+/// with each layer's mixer either the teacher's softmax attention (kept layers: Model/SoftmaxAttention.fs, the
+/// teacher forward's own sublayer) or the gdn_v4 layer of GdnLayer.fs.
 module TaylorCalibrate.Pipeline.Student.HybridForward
 
 open System
 open System.Collections.Generic
 open TaylorCalibrate.Backend
 open TaylorCalibrate.Pipeline.Model
-
-/// A kept layer's softmax attention weights on the device; shapes as in LayerWeights, biases (1, n).
-type DeviceAttention =
-    { Wq: Tensor
-      Wk: Tensor
-      Wv: Tensor
-      Wo: Tensor
-      Bq: Tensor option
-      Bk: Tensor option
-      Bv: Tensor option
-      Bo: Tensor option
-      QNorm: Tensor option
-      KNorm: Tensor option }
 
 /// The sequence mixer of one layer.
 type DeviceMixer =
@@ -48,25 +35,13 @@ type DeviceStudent(backend: IBackend, student: Student) =
     let embedding = upload w.Embedding [| c.Vocab; c.Dim |]
     let blocks =
         w.Layers |> Array.mapi (fun i l ->
-            let row (n: int) (a: float32[] option) = a |> Option.map (fun a -> upload a [| 1; n |])
             let mixer =
                 match student.Gdn.TryFind i with
                 | Some g ->
                     let d = new GdnLayer.DeviceGdn(backend, dims, g)
                     owned.Add d
                     Gdn d
-                | None ->
-                    Softmax
-                        { Wq = upload l.Wq [| c.QDim; c.Dim |]
-                          Wk = upload l.Wk [| c.KvDim; c.Dim |]
-                          Wv = upload l.Wv [| c.KvDim; c.Dim |]
-                          Wo = upload l.Wo [| c.Dim; c.QDim |]
-                          Bq = row c.QDim l.Bq
-                          Bk = row c.KvDim l.Bk
-                          Bv = row c.KvDim l.Bv
-                          Bo = row c.Dim l.Bo
-                          QNorm = l.QNorm |> Option.map (fun a -> upload a [| c.HeadDim |])
-                          KNorm = l.KNorm |> Option.map (fun a -> upload a [| c.HeadDim |]) }
+                | None -> Softmax(SoftmaxAttention.upload upload c l)
             { AttnNorm = upload l.AttnNorm [| c.Dim |]
               Mixer = mixer
               MlpNorm = upload l.MlpNorm [| c.Dim |]
@@ -102,11 +77,7 @@ type DeviceStudent(backend: IBackend, student: Student) =
                 b.Dispose()
             ropeTables.Clear()
 
-let private linear (be: IBackend) (x: Tensor) (w: Tensor) (y: Tensor) (rows: int) =
-    be.Gemm(x, w, y, GemmSpec(rows, w.Shape[0], w.Shape[1], TransB = true))
-
-let private addBias (be: IBackend) (ones: Tensor) (b: Tensor) (y: Tensor) (rows: int) =
-    be.Gemm(ones, b, y, GemmSpec(rows, b.Shape[1], 1, Beta = 1f))
+let private linear = SoftmaxAttention.linear
 
 /// Logits (B, T, V), owned by the caller, for ids (B·T, row-major).
 let run (m: DeviceStudent) (ids: int[]) (B: int) (T: int) : Tensor =
@@ -117,7 +88,7 @@ let run (m: DeviceStudent) (ids: int[]) (B: int) (T: int) : Tensor =
     for id in ids do
         if id < 0 || id >= c.Vocab then invalidArg "ids" $"token id {id} is outside the vocabulary [0, {c.Vocab})"
     let N = B * T
-    let H, Hkv, hd, D, F = c.Heads, c.KvHeads, c.HeadDim, c.Dim, c.Hidden
+    let D, F = c.Dim, c.Hidden
     let scratch = List<IDisposable>()
     let alloc (shape: int[]) =
         let t = be.Allocate shape
@@ -130,22 +101,13 @@ let run (m: DeviceStudent) (ids: int[]) (B: int) (T: int) : Tensor =
         let mutable h = alloc [| B; T; D |]
         let xn = alloc [| B; T; D |]
         let rstd = alloc [| N |]
-        let q = alloc [| B; T; H; hd |]
-        let k = alloc [| B; T; Hkv; hd |]
-        let v = alloc [| B; T; Hkv; hd |]
-        let o = alloc [| B; T; H; hd |]
-        let lse = alloc [| B; H; T |]
         let mixOut = alloc [| B; T; D |]
         let gate = alloc [| B; T; F |]
         let up = alloc [| B; T; F |]
         let act = alloc [| B; T; F |]
         let down = alloc [| B; T; D |]
-        let rstdQ = if c.QkNorm then alloc [| N * H |] else null
-        let rstdK = if c.QkNorm then alloc [| N * Hkv |] else null
-        let qNormed = if c.QkNorm then alloc [| B; T; H; hd |] else q
-        let kNormed = if c.QkNorm then alloc [| B; T; Hkv; hd |] else k
-        let ones = alloc [| N; 1 |]
-        be.Fill(ones, 1f)
+        let attn = new AttentionScratch(be, c, B, T)
+        scratch.Add attn
         let ws = new GdnLayer.GdnWorkspace(be, m.GdnDims, B, T)
         scratch.Add ws
         be.Embedding(m.Embedding, idsT, x)
@@ -155,19 +117,7 @@ let run (m: DeviceStudent) (ids: int[]) (B: int) (T: int) : Tensor =
             | Gdn g -> GdnLayer.forward g ws xn mixOut
             | Softmax a ->
                 let cos, sin = m.Rope T
-                linear be xn a.Wq q N
-                linear be xn a.Wk k N
-                linear be xn a.Wv v N
-                a.Bq |> Option.iter (fun b -> addBias be ones b q N)
-                a.Bk |> Option.iter (fun b -> addBias be ones b k N)
-                a.Bv |> Option.iter (fun b -> addBias be ones b v N)
-                a.QNorm |> Option.iter (fun w -> be.RmsNorm(q, w, qNormed, rstdQ, float32 c.NormEps))
-                a.KNorm |> Option.iter (fun w -> be.RmsNorm(k, w, kNormed, rstdK, float32 c.NormEps))
-                be.Rope(qNormed, cos, sin, q, c.RopeLayout, false)
-                be.Rope(kNormed, cos, sin, k, c.RopeLayout, false)
-                be.AttentionForward(q, k, v, o, lse, float32 c.AttentionScale, null, null)
-                linear be o a.Wo mixOut N
-                a.Bo |> Option.iter (fun b -> addBias be ones b mixOut N)
+                SoftmaxAttention.forward be c a attn xn cos sin None mixOut
             be.Add(x, mixOut, h)
             let t = x
             x <- h
