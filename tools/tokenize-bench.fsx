@@ -1,6 +1,7 @@
 // Tokenizer speed on long single documents (no <|endoftext|>): encodes the first N characters of a text
 // with a tokenizer and prints the best wall time of a few runs.
-//   dotnet fsi tools/tokenize-bench.fsx TOKENIZER TEXT SIZE... [--runs R]
+//   dotnet fsi tools/tokenize-bench.fsx TOKENIZER TEXT SIZE... [--runs R] [--dump FILE]
+// --dump writes the ids of each size, one per line, to FILE.SIZE (to compare two builds' outputs).
 // TOKENIZER is a llama2.c .bin or a tokenizer.json; SIZE is a character count (100000) or "all".
 // Build first: dotnet build src/Pipeline -c Release. To time another build of the pipeline, point the #r
 // lines below at its output folder.
@@ -14,8 +15,12 @@ open TaylorCalibrate.Pipeline
 open TaylorCalibrate.Pipeline.Text
 
 let args = fsi.CommandLineArgs |> Array.skip 1
-let runs = match Array.tryFindIndex ((=) "--runs") args with Some i -> int args[i + 1] | None -> 3
-let positional = match Array.tryFindIndex ((=) "--runs") args with Some i -> Array.append args[.. i - 1] args[i + 2 ..] | None -> args
+let option name = Array.tryFindIndex ((=) name) args |> Option.map (fun i -> args[i + 1])
+let runs = option "--runs" |> Option.map int |> Option.defaultValue 3
+let dump = option "--dump"
+let positional =
+    let rec strip (a: string list) = match a with o :: _ :: rest when o.StartsWith "--" -> strip rest | x :: rest -> x :: strip rest | [] -> []
+    strip (List.ofArray args) |> Array.ofList
 if positional.Length < 3 then failwith "usage: tokenize-bench.fsx TOKENIZER TEXT SIZE... [--runs R]"
 let tokPath, textPath = positional[0], positional[1]
 let tok : ITokenizer =
@@ -34,4 +39,5 @@ for size in positional[2..] do
             sw.Stop()
             yield sw.Elapsed.TotalSeconds, ids.Length ]
     let best, count = times |> List.minBy fst
+    dump |> Option.iter (fun f -> File.WriteAllLines($"{f}.{n}", tok.Encode(doc, true) |> Array.map string))
     printfn "%9d chars  %8d tokens  %8.3f s" n count best
