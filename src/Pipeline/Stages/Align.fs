@@ -9,9 +9,11 @@ open System
 open System.Diagnostics
 open System.Threading
 open TaylorCalibrate.Backend
+open TaylorCalibrate.Pipeline.Layers
 open TaylorCalibrate.Pipeline.Model
 open TaylorCalibrate.Pipeline.Student
 open TaylorCalibrate.Pipeline.Stages.TeacherTrace
+open TaylorCalibrate.Pipeline.Training
 
 /// Every constant of Phase 2 (method.md §5.3 defaults; betas/eps are PyTorch's).
 type AlignOptions =
@@ -63,16 +65,15 @@ let fitOf (y: float32[]) (target: float32[]) =
         tt <- tt + b * b
     { Mse = se / float y.Length; Cosine = dot / max (sqrt (yy * tt)) 1e-30 }
 
-let private dimsOf (c: ModelConfig) : GdnLayer.GdnDims = { D = c.Dim; H = c.Heads; Hd = c.HeadDim }
-
 /// The layer's output (B, T, D) on its traced input.
 let layerOutput (be: IBackend) (c: ModelConfig) (trace: LayerTrace) (B: int) (T: int) (w: GdnWeights) : float32[] =
-    let dims = dimsOf c
-    use x = be.FromArray(trace.X, B, T, c.Dim)
-    use y = be.Allocate [| B; T; c.Dim |]
-    use ws = new GdnLayer.GdnWorkspace(be, dims, B, T)
-    use p = new GdnLayer.DeviceGdn(be, dims, w)
-    GdnLayer.forward p ws x y
+    use owner = new TensorOwner(be)
+    use scratch = new Scratch(be)
+    use arena = new Arena(be)
+    let x = owner.Upload(trace.X, [| B; T; c.Dim |])
+    let y = owner.Allocate [| B; T; c.Dim |]
+    let p = Gdn.upload owner (Gdn.dimsOf c) w
+    Gdn.forward be scratch arena p x y |> ignore
     y.ToArray()
 
 /// MSE and cosine of the layer against the teacher output.
@@ -83,16 +84,21 @@ let fit (be: IBackend) (c: ModelConfig) (trace: LayerTrace) (B: int) (T: int) (w
 let alignLayer (o: AlignOptions) (be: IBackend) (c: ModelConfig) (trace: LayerTrace) (B: int) (T: int) (w: GdnWeights)
                (onStep: int -> float -> unit) (ct: CancellationToken) : GdnWeights * AlignResult =
     let watch = Stopwatch.StartNew()
-    let dims = dimsOf c
-    use x = be.FromArray(trace.X, B, T, c.Dim)
-    use target = be.FromArray(trace.Output, B, T, c.Dim)
-    use y = be.Allocate [| B; T; c.Dim |]
-    use dy = be.Allocate [| B; T; c.Dim |]
-    use scalar = be.Allocate [| 1 |]
-    use ws = new GdnLayer.GdnWorkspace(be, dims, B, T)
-    use p = new GdnLayer.DeviceGdn(be, dims, w)
-    use grads = new GdnLayer.GdnGrads(be, dims)
-    let trainable = p.Trainable
+    use owner = new TensorOwner(be)
+    use scratch = new Scratch(be)
+    use arena = new Arena(be)
+    let x = owner.Upload(trace.X, [| B; T; c.Dim |])
+    let target = owner.Upload(trace.Output, [| B; T; c.Dim |])
+    let y = owner.Allocate [| B; T; c.Dim |]
+    let dy = owner.Allocate [| B; T; c.Dim |]
+    let scalar = owner.Allocate [| 1 |]
+    let p = Gdn.upload owner (Gdn.dimsOf c) w
+    let parameters =
+        Gdn.alignTrainable p |> List.map (fun (n, t) ->
+            { Parameter.Name = $"model.layers.{trace.Layer}.attn.{n}"; Value = t; Grad = owner.Allocate t.Shape })
+    let trainable = parameters |> List.map (fun q -> q.Value)
+    let gradTensors = parameters |> List.map (fun q -> q.Grad)
+    let grads = Grads parameters
     let lrs = [ o.LrProjections; o.LrProjections; o.LrProjections; o.LrGates; o.LrGates; o.LrGates; o.LrGates; o.LrGates ]
     let moments = trainable |> List.map (fun t -> be.Allocate t.Shape, be.Allocate t.Shape)
     let snapshot = trainable |> List.map (fun t -> be.Allocate t.Shape)
@@ -100,13 +106,14 @@ let alignLayer (o: AlignOptions) (be: IBackend) (c: ModelConfig) (trace: LayerTr
         let n = float32 (B * T * c.Dim)
         // loss = mean (y − Y)²; leaves dy = 2(y − Y)/n.
         let lossAndGrad () =
-            GdnLayer.forward p ws x y
+            arena.Reset()
+            let saved = Gdn.forward be scratch arena p x y
             be.Copy(y, 0L, dy, 0L, y.Count)
             be.Axpy(-1f, target, dy)
             be.Reduce(ReduceOp.SumOfSquares, dy, scalar)
             let loss = float (scalar.ToArray()[0]) / float n
             be.Scale(dy, 2f / n, dy)
-            loss
+            loss, saved
         let takeSnapshot () = List.iter2 (fun (src: Tensor) dst -> be.Copy(src, 0L, dst, 0L, src.Count)) trainable snapshot
         let losses = Array.zeroCreate (o.Steps + 1)
         let gradNorms = Array.zeroCreate o.Steps
@@ -114,29 +121,29 @@ let alignLayer (o: AlignOptions) (be: IBackend) (c: ModelConfig) (trace: LayerTr
         let mutable bestStep = -1
         for s in 0 .. o.Steps - 1 do
             ct.ThrowIfCancellationRequested()
-            let loss = lossAndGrad ()
+            let loss, saved = lossAndGrad ()
             losses[s] <- loss
             if loss < best then
                 best <- loss
                 bestStep <- s
                 takeSnapshot ()
-            grads.Zero()
-            GdnLayer.backward p ws x dy grads None
-            be.ClipGradNorm(grads.Trainable, o.ClipNorm, scalar)
+            for g in gradTensors do be.Fill(g, 0f)
+            Gdn.backward be scratch grads p saved dy None
+            be.ClipGradNorm(gradTensors, o.ClipNorm, scalar)
             gradNorms[s] <- float (scalar.ToArray()[0])
-            List.zip3 trainable grads.Trainable lrs
+            List.zip3 trainable gradTensors lrs
             |> List.iteri (fun i (param, g, lr) ->
                 let m, v = moments[i]
                 be.AdamW(param, g, m, v, AdamWSpec(lr, s + 1, o.WeightDecay, o.Beta1, o.Beta2, o.Epsilon)))
             onStep (s + 1) loss
-        let final = lossAndGrad ()
+        let final, _ = lossAndGrad ()
         losses[o.Steps] <- final
         if final < best then
             best <- final
             bestStep <- o.Steps
             takeSnapshot ()
         List.iter2 (fun (src: Tensor) dst -> be.Copy(src, 0L, dst, 0L, src.Count)) snapshot trainable
-        p.ToWeights(),
+        Gdn.download p,
         { Layer = trace.Layer; Losses = losses; BestLoss = best; BestStep = bestStep; GradNorms = gradNorms
           Seconds = watch.Elapsed.TotalSeconds }
     finally
