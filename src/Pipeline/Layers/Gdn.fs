@@ -98,10 +98,6 @@ module Gdn =
           "a_proj.weight", p.Wa; "b_proj.weight", p.Wb; "A_log", p.ALog; "dt_bias", p.DtBias
           "o_norm.weight", p.ONorm; "o_proj.weight", p.Wo ]
 
-    /// The tensors Phase 2 trains, in its fixed order (o_proj and o_norm are frozen, method.md §5.3).
-    let alignTrainable (p: GdnParams) =
-        named p |> List.filter (fun (n, _) -> n <> "o_norm.weight" && n <> "o_proj.weight")
-
     let private lin (w: Tensor) = Linear.ofWeight w
 
     /// (H, H) diag(−e^{A_log}), into scratch; a pure function of A_log, so the backward rebuilds it exactly.

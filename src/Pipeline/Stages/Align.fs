@@ -1,7 +1,8 @@
 /// Phase 2 of Taylor-Calibrate (method.md §5.3, §11c): per GDN layer, teacher-forced on its traced input x,
 /// minimise mean((GDN(x) − Y)²) (after o_proj) with full-batch AdamW, fp32. lr 1e-4 for q/k/v_proj, 1e-3
 /// for A_log, dt_bias, a/b/g_proj; o_proj and o_norm frozen; weight decay 0.01; gradient-norm clip 1.0;
-/// 300 steps. The loss at step s is measured on θ_s before its update, and θ_s itself is snapshotted when
+/// 300 steps, on the shared optimizer (Training/AdamW.fs, ParameterGroups.Presets.phase2, Trainer.step).
+/// The loss at step s is measured on θ_s before its update, and θ_s itself is snapshotted when
 /// it is the best so far; θ after the last update is evaluated too; the exact best θ is restored.
 module TaylorCalibrate.Pipeline.Stages.Align
 
@@ -94,60 +95,54 @@ let alignLayer (o: AlignOptions) (be: IBackend) (c: ModelConfig) (trace: LayerTr
     let scalar = owner.Allocate [| 1 |]
     let p = Gdn.upload owner (Gdn.dimsOf c) w
     let parameters =
-        Gdn.alignTrainable p |> List.map (fun (n, t) ->
+        Gdn.named p |> List.map (fun (n, t) ->
             { Parameter.Name = $"model.layers.{trace.Layer}.attn.{n}"; Value = t; Grad = owner.Allocate t.Shape })
-    let trainable = parameters |> List.map (fun q -> q.Value)
-    let gradTensors = parameters |> List.map (fun q -> q.Grad)
-    let grads = Grads parameters
-    let lrs = [ o.LrProjections; o.LrProjections; o.LrProjections; o.LrGates; o.LrGates; o.LrGates; o.LrGates; o.LrGates ]
-    let moments = trainable |> List.map (fun t -> be.Allocate t.Shape, be.Allocate t.Shape)
-    let snapshot = trainable |> List.map (fun t -> be.Allocate t.Shape)
-    try
-        let n = float32 (B * T * c.Dim)
-        // loss = mean (y − Y)²; leaves dy = 2(y − Y)/n.
-        let lossAndGrad () =
-            arena.Reset()
-            let saved = Gdn.forward be scratch arena p x y
-            be.Copy(y, 0L, dy, 0L, y.Count)
-            be.Axpy(-1f, target, dy)
-            be.Reduce(ReduceOp.SumOfSquares, dy, scalar)
-            let loss = float (scalar.ToArray()[0]) / float n
-            be.Scale(dy, 2f / n, dy)
-            loss, saved
-        let takeSnapshot () = List.iter2 (fun (src: Tensor) dst -> be.Copy(src, 0L, dst, 0L, src.Count)) trainable snapshot
-        let losses = Array.zeroCreate (o.Steps + 1)
-        let gradNorms = Array.zeroCreate o.Steps
-        let mutable best = Double.PositiveInfinity
-        let mutable bestStep = -1
-        for s in 0 .. o.Steps - 1 do
-            ct.ThrowIfCancellationRequested()
-            let loss, saved = lossAndGrad ()
-            losses[s] <- loss
-            if loss < best then
-                best <- loss
-                bestStep <- s
-                takeSnapshot ()
-            for g in gradTensors do be.Fill(g, 0f)
-            Gdn.backward be scratch grads p saved dy None
-            be.ClipGradNorm(gradTensors, o.ClipNorm, scalar)
-            gradNorms[s] <- float (scalar.ToArray()[0])
-            List.zip3 trainable gradTensors lrs
-            |> List.iteri (fun i (param, g, lr) ->
-                let m, v = moments[i]
-                be.AdamW(param, g, m, v, AdamWSpec(lr, s + 1, o.WeightDecay, o.Beta1, o.Beta2, o.Epsilon)))
-            onStep (s + 1) loss
-        let final, _ = lossAndGrad ()
-        losses[o.Steps] <- final
-        if final < best then
-            best <- final
-            bestStep <- o.Steps
-            takeSnapshot ()
-        List.iter2 (fun (src: Tensor) dst -> be.Copy(src, 0L, dst, 0L, src.Count)) snapshot trainable
-        Gdn.download p,
-        { Layer = trace.Layer; Losses = losses; BestLoss = best; BestStep = bestStep; GradNorms = gradNorms
-          Seconds = watch.Elapsed.TotalSeconds }
-    finally
-        for m, v in moments do
-            m.Dispose()
-            v.Dispose()
-        for t in snapshot do t.Dispose()
+    let settings =
+        { Beta1 = o.Beta1; Beta2 = o.Beta2; Epsilon = o.Epsilon; ClipNorm = Some o.ClipNorm; Schedule = Schedule.Constant }
+    use optimizer = new AdamW(settings, ParameterGroups.Presets.phase2 o.LrProjections o.LrGates o.WeightDecay, parameters)
+    // Only the trained tensors get gradients: o_proj and o_norm (frozen) cost no weight-gradient work.
+    let trained = optimizer.Trained |> List.map (fun t -> t.Parameter)
+    let grads = Grads trained
+    let trainable = trained |> List.map (fun q -> q.Value)
+    let snapshot = trainable |> List.map (fun t -> owner.Allocate t.Shape)
+    let n = float32 (B * T * c.Dim)
+    // loss = mean (y − Y)²; leaves dy = 2(y − Y)/n·weight.
+    let lossAndGrad (weight: float32) =
+        arena.Reset()
+        let saved = Gdn.forward be scratch arena p x y
+        be.Copy(y, 0L, dy, 0L, y.Count)
+        be.Axpy(-1f, target, dy)
+        be.Reduce(ReduceOp.SumOfSquares, dy, scalar)
+        let loss = float (scalar.ToArray()[0]) / float n
+        be.Scale(dy, 2f / n * weight, dy)
+        loss, saved
+    let takeSnapshot () = List.iter2 (fun (src: Tensor) dst -> be.Copy(src, 0L, dst, 0L, src.Count)) trainable snapshot
+    let losses = Array.zeroCreate (o.Steps + 1)
+    let gradNorms = Array.zeroCreate o.Steps
+    let mutable best = Double.PositiveInfinity
+    let mutable bestStep = -1
+    for s in 0 .. o.Steps - 1 do
+        ct.ThrowIfCancellationRequested()
+        // The loss of θ_s is measured (and θ_s snapshotted when best) before the update; one micro-batch.
+        let report =
+            Trainer.step optimizer 1 (fun mb ->
+                let loss, saved = lossAndGrad mb.Weight
+                losses[s] <- loss
+                if loss < best then
+                    best <- loss
+                    bestStep <- s
+                    takeSnapshot ()
+                Gdn.backward be scratch grads p saved dy None
+                loss)
+        gradNorms[s] <- report.GradNorm
+        onStep (s + 1) report.Loss
+    let final, _ = lossAndGrad 1f
+    losses[o.Steps] <- final
+    if final < best then
+        best <- final
+        bestStep <- o.Steps
+        takeSnapshot ()
+    List.iter2 (fun (src: Tensor) dst -> be.Copy(src, 0L, dst, 0L, src.Count)) snapshot trainable
+    Gdn.download p,
+    { Layer = trace.Layer; Losses = losses; BestLoss = best; BestStep = bestStep; GradNorms = gradNorms
+      Seconds = watch.Elapsed.TotalSeconds }
