@@ -175,8 +175,9 @@ if [ $skip_ppl = 0 ] && [ -n "$shared" ]; then
     teacher="$shared/models/stories260K/stories260K.bin"
     calib="$shared/data/tinystories/valid-head.txt"
     held="$shared/data/tinystories/valid-far.txt"   # held-out: evaluation only
-    if [ $small = 1 ]; then tokens=2048 csteps=5; else tokens=16384 csteps=50; fi
-    eargs=(--text "$held" --max-tokens $tokens --window 256)
+    # windows: the model's context (512) on a GPU; 256 on a CPU-type driver
+    if [ $small = 1 ]; then eargs=(--max-tokens 2048 --window 256) csteps=5; else eargs=(--max-tokens 16384) csteps=50; fi
+    eargs+=(--text "$held")
     step ppl-teacher-device $lim_ppl "$app/taylor-calibrate" eval --model "$teacher" "${eargs[@]}" --device "$device" --json "$out/ppl-teacher-device.json"
     step ppl-teacher-cpu $lim_ppl "$app/taylor-calibrate" eval --model "$teacher" "${eargs[@]}" --device cpu --json "$out/ppl-teacher-cpu.json"
     rm -rf "$out/student"
