@@ -5,7 +5,9 @@
 #   1. Here (a machine with the SDK), once per code change:   tools/gpu-check.sh --prepare
 #      (= tools/gpu-prepare.sh: publishes the CLI and the test runner self-contained into .gpu-check/, with the
 #      Vulkan loader .deb and the small real data; git-ignored, < 64 MiB).
-#   2. There, with .gpu-check/ carried beside the checkout:    tools/gpu-check.sh [--out DIR]
+#   2. There, in a checkout of the same commit with .gpu-check/tc-linux-x64.tar.xz and .gpu-check/debs/ copied
+#      in (only those: the run/ and out*/ folders this script leaves are large):
+#                                                              tools/gpu-check.sh [--out DIR]
 #
 # On the GPU machine it unpacks the bundle into .gpu-check/run/, brings the Vulkan loader from the .deb when
 # the system has none (dpkg -x, LD_LIBRARY_PATH), points the loader at NVIDIA's ICD when one is installed,
@@ -25,6 +27,8 @@
 #   --test-filter NAME   run only the tests under this test-list name (default: the whole suite)
 #   --skip-tests | --skip-bench | --skip-ppl
 #   --out DIR            where logs and summary.json go (default $OUT when set, else .gpu-check/out)
+#   --pack               leave only summary.json and logs.tar.gz in DIR (default when DIR is $OUT: the device
+#                        tool brings back at most 8 files)
 #   --peak-gflops N      the device's fp32 peak (default: from nvidia-smi and the GPU's SM count, or the CPU's
 #                        cores × clock × 32 for a CPU driver)
 #   --bundled-loader     use the bundled libvulkan even when the system has one (to test that path)
@@ -34,6 +38,8 @@ set -uo pipefail
 
 die() { echo "gpu-check: $*" >&2; exit 2; }
 
+pack=0
+[ -n "${OUT:-}" ] && pack=1
 device=vulkan:0 small=0 suites=all filter="" skip_tests=0 skip_bench=0 skip_ppl=0 peak="" bundled=0 kernels="" budget=""
 out=${OUT:-.gpu-check/out}
 while [ $# -gt 0 ]; do
@@ -47,6 +53,7 @@ while [ $# -gt 0 ]; do
         --skip-bench) skip_bench=1 ;;
         --skip-ppl) skip_ppl=1 ;;
         --out) out=${2:?--out needs a value}; shift ;;
+        --pack) pack=1 ;;
         --peak-gflops) peak=${2:?--peak-gflops needs a value}; shift ;;
         --bundled-loader) bundled=1 ;;
         --kernels) kernels=${2:?--kernels needs gpu or cpu}; shift ;;
@@ -223,6 +230,7 @@ fi
 
 # ---- summary ----------------------------------------------------------------------------------------------
 total=$(( $(date +%s) - start ))
+set +e
 python3 - "$out" "$peak" "$peak_source" "$device" "$total" "$small" "$loader" <<'PY'
 import glob, json, os, re, sys
 out, peak, peak_source, device, total, small, loader = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6] == "1", sys.argv[7]
@@ -311,3 +319,10 @@ print(f"steps failed: {failed_steps or 'none'}; total {total} s; ok={ok}")
 print(f"wrote {os.path.join(out, 'summary.json')}")
 sys.exit(0 if ok else 1)
 PY
+rc=$?
+if [ $pack = 1 ]; then
+    (cd "$out" && tar -czf logs.tar.gz --exclude=summary.json --exclude=logs.tar.gz . \
+        && find . -mindepth 1 -maxdepth 1 ! -name summary.json ! -name logs.tar.gz -exec rm -rf {} +)
+    echo "packed the logs into $out/logs.tar.gz"
+fi
+exit $rc
