@@ -168,14 +168,25 @@ if [ $skip_bench = 0 ]; then
         suites=$(printf 'gpu-shapes,attention,gdn,%s' "$known" | tr , '\n' | awk 'NF && !seen[$0]++ {print}' \
                  | while read -r s; do case ",$known," in *",$s,"*) echo "$s" ;; esac; done | paste -sd, -)
     fi
-    # one process per suite, so that the records of the finished ones survive a suite that runs out of time
-    IFS=, read -ra list <<< "$suites"
-    for s in "${list[@]}"; do
+fi
+# one process per suite, so that the records of the finished ones survive a suite that runs out of time;
+# the suites with the targets run before the PPL check, the others after it
+bench_suites() {
+    local s
+    for s in "$@"; do
         bargs=(bench --suite "$s" --device "$device" --json "$out/bench-$s.json" --min-seconds 0.3)
         [ $small = 1 ] && bargs+=(--quick)
         step "bench-$s" $lim_bench "$app/taylor-calibrate" "${bargs[@]}"
     done
+}
+first=() later=()
+if [ $skip_bench = 0 ]; then
+    IFS=, read -ra list <<< "$suites"
+    for s in "${list[@]}"; do
+        case "$s" in gpu-shapes|attention|gdn) first+=("$s") ;; *) later+=("$s") ;; esac
+    done
 fi
+bench_suites "${first[@]}"
 
 # ---- stories260K: convert on the device, perplexity on the device vs the CPU backend --------------------
 if [ $skip_ppl = 0 ] && [ -n "$shared" ]; then
@@ -196,6 +207,8 @@ if [ $skip_ppl = 0 ] && [ -n "$shared" ]; then
 elif [ $skip_ppl = 0 ]; then
     echo "== ppl: skipped (no stories260K in ../shared or in the bundle)"
 fi
+
+bench_suites "${later[@]}"
 
 # ---- fp32 peak --------------------------------------------------------------------------------------------
 peak_source="--peak-gflops"
