@@ -1,12 +1,12 @@
 // Packing for the blocked GEMM: copies a block of op(A) or op(B) into the order the micro-kernel reads,
 // so the kernel's inner loop walks memory contiguously whatever the transpose flags and leading dims.
-//   packed A block (mc × kc): micro-panels of MR rows; panel p holds, for each k, rows p·MR .. p·MR+5
+// MR and NR are the tile of the kernel in use (6×16 or 12×32, MicroKernels.Geometry).
+//   packed A block (mc × kc): micro-panels of MR rows; panel p holds, for each k, rows p·MR .. p·MR+MR−1
 //                             (dst[p·MR·kc + k·MR + r]); rows past mc are zero.
-//   packed B block (kc × nc): micro-panels of NR columns; panel q holds, for each k, columns q·NR .. +15
+//   packed B block (kc × nc): micro-panels of NR columns; panel q holds, for each k, columns q·NR .. +NR−1
 //                             (dst[q·NR·kc + k·NR + j]); columns past nc are zero.
-// Zero padding lets every tile run the full 6×16 kernel; the store then keeps only the valid corner.
+// Zero padding lets every tile run the full kernel; the store then keeps only the valid corner.
 using System.Runtime.Intrinsics;
-using static TaylorCalibrate.Backend.Cpu.Gemm.MicroKernels;
 
 namespace TaylorCalibrate.Backend.Cpu.Gemm;
 
@@ -27,8 +27,9 @@ internal readonly record struct GemmOperand(float[] Data, long Offset, int Ld, b
 /// <summary>Packs blocks of op(A) and op(B) into micro-panels.</summary>
 internal static unsafe class GemmPacking
 {
-    /// <summary>Packs op(A)[i0 .. i0+mc, k0 .. k0+kc] into ⌈mc/MR⌉ micro-panels at <paramref name="dst"/>.</summary>
-    public static void PackA(in GemmOperand a, float* data, int i0, int mc, int k0, int kc, float* dst)
+    /// <summary>Packs op(A)[i0 .. i0+mc, k0 .. k0+kc] into ⌈mc/MR⌉ micro-panels of <paramref name="MR"/> rows
+    /// at <paramref name="dst"/>.</summary>
+    public static void PackA(in GemmOperand a, float* data, int i0, int mc, int k0, int kc, int MR, float* dst)
     {
         for (int p0 = 0; p0 < mc; p0 += MR, dst += MR * kc)
         {
@@ -63,7 +64,8 @@ internal static unsafe class GemmPacking
 
     /// <summary>Packs the micro-panels <paramref name="firstPanel"/> .. <paramref name="endPanel"/>−1 of
     /// op(B)[k0 .. k0+kc, j0 .. j0+nc] into <paramref name="dst"/> (the whole block's buffer).</summary>
-    public static void PackB(in GemmOperand b, float* data, int k0, int kc, int j0, int nc, int firstPanel, int endPanel, float* dst)
+    public static void PackB(in GemmOperand b, float* data, int k0, int kc, int j0, int nc, int firstPanel, int endPanel,
+                             int NR, float* dst)
     {
         for (int q = firstPanel; q < endPanel; q++)
         {
@@ -75,10 +77,8 @@ internal static unsafe class GemmPacking
                 float* src = data + b.Offset + (long)k0 * b.Ld + j0 + jq;
                 if (nr == NR)
                     for (int k = 0; k < kc; k++, src += b.Ld)
-                    {
-                        Vector256.Store(Vector256.Load(src), panel + k * NR);
-                        Vector256.Store(Vector256.Load(src + 8), panel + k * NR + 8);
-                    }
+                        for (int j = 0; j < NR; j += 8)
+                            Vector256.Store(Vector256.Load(src + j), panel + k * NR + j);
                 else
                     for (int k = 0; k < kc; k++, src += b.Ld)
                     {
