@@ -84,9 +84,13 @@ internal static unsafe class MicroKernels
 
     /// <summary>The kernel to use: <see cref="ForceVariable"/> when set, else <see cref="Best"/>.</summary>
     /// <exception cref="ArgumentException">The variable names no kernel, or one this processor cannot run.</exception>
-    public static GemmKernelKind FromEnvironment()
+    public static GemmKernelKind FromEnvironment() => Parse(Environment.GetEnvironmentVariable(ForceVariable));
+
+    /// <summary>The kernel a value of <see cref="ForceVariable"/> asks for (null, empty or "auto": <see cref="Best"/>).</summary>
+    /// <exception cref="ArgumentException">The value names no kernel, or one this processor cannot run.</exception>
+    public static GemmKernelKind Parse(string? value)
     {
-        var v = Environment.GetEnvironmentVariable(ForceVariable)?.Trim().ToLowerInvariant();
+        var v = value?.Trim().ToLowerInvariant();
         if (string.IsNullOrEmpty(v) || v == "auto") return Best;
         var all = Enum.GetValues<GemmKernelKind>();
         foreach (var kind in all)
