@@ -6,7 +6,8 @@
 //       parallel over tasks (row block of ~MC rows × range of B micro-panels), each:
 //         for pc in round step KC:             the first K block applies β, later ones accumulate (β = 1)
 //           pack op(A)[rows, pc..]             A block mc×kc stays in L2
-//           for each B micro-panel (kc×16, L1): for each A micro-panel (kc×6): 6×16 micro-kernel
+//           for each B micro-panel (kc×NR): for each A micro-panel (kc×MR): MR×NR micro-kernel
+// MR, NR, KC and MC belong to the kernel in use (6×16 or 12×32, MicroKernels.Geometry).
 // Packing a whole round of K before the tasks start keeps thread barriers to two per round.
 // Each element of C sums its K products in the same order whatever the tasks are, so the result does
 // not depend on the thread count. Weight-gradient shapes (huge K, few output tiles) instead split K into
@@ -97,7 +98,7 @@ internal static unsafe class BlockedGemm
     static void Blocked(GemmOperand a, GemmOperand b, float[] c, long cOffset, int ldc,
                         int m, int n, int k, float alpha, float beta, CpuParallel par, GemmKernelKind kind)
     {
-        var (MR, NR, KC, MC) = Geometry(kind);
+        var (MR, NR, KC, MC) = Geometry(kind);     // the kernel's sizes (hide the split-K rule's KC, MC)
         int threads = par.Threads;
         // Row blocks: about MC rows each, and a multiple of the thread count when there are several, so
         // the last round of tasks does not leave a core idle (1024 rows: 12 blocks of 90, not 11 of 96).

@@ -100,8 +100,7 @@ internal static unsafe class MicroKernels
         throw new ArgumentException($"{ForceVariable}={v}: expected auto, {string.Join(", ", all.Select(Name))}");
     }
 
-    /// <summary>Tile and block sizes of a kernel. KC keeps a packed B micro-panel (Kc×Nr floats) in L1 (16 KiB
-    /// for 6×16, 32 KiB for 12×32 of a 48 KiB Zen 5 L1); MC×KC floats of packed A stay in L2.</summary>
+    /// <summary>Tile and block sizes of a kernel (the 12×32 kernel's are explained in Avx512Kernel.cs).</summary>
     public static KernelGeometry Geometry(GemmKernelKind kind) => kind switch
     {
         GemmKernelKind.Avx512 => new(Avx512Kernel.MR, Avx512Kernel.NR, Avx512Kernel.KC, Avx512Kernel.MC),
