@@ -5,6 +5,7 @@
 # Not part of CI: it rebuilds a project per mutant (~1-2 min each on 2 cores).
 #
 # Usage: tools/mutants.sh [MUTANT_ID ...]      (no argument: every mutant)
+#        tools/mutants.sh --check               (only checks that every anchor still matches exactly once)
 #   KEEP_SCRATCH=1 keeps the scratch copy; MUTANTS_REPORT=path also writes the table there.
 #
 # How it works
@@ -122,6 +123,17 @@ mutant llama2c-w2-w3 Pipeline src/Pipeline/Model/Llama2c.fs 'Llama2c (tiny' \
     'let w2 = perLayer (d * f)
         let w3 = perLayer (f * d)' 'let w3 = perLayer (f * d)
         let w2 = perLayer (d * f)'
+
+# ---- anchors only ---------------------------------------------------------------------------------------
+if [[ "${1:-}" == --check ]]; then
+    bad=0
+    for i in "${!ids[@]}"; do
+        n=$(python3 -c 'import sys; print(open(sys.argv[1], encoding="utf-8").read().count(sys.argv[2]))' "$repo/${files[$i]}" "${finds[$i]}" 2>/dev/null || echo 0)
+        if [[ "$n" == 1 ]]; then echo "ok                  ${ids[$i]}"
+        else echo "PATTERN NOT FOUND   ${ids[$i]} ($n matches in ${files[$i]})"; bad=1; fi
+    done
+    exit $bad
+fi
 
 # ---- selection -----------------------------------------------------------------------------------------
 selected=()
