@@ -6,7 +6,8 @@
 #
 # Usage: tools/mutants.sh [MUTANT_ID ...]      (no argument: every mutant)
 #        tools/mutants.sh --check               (only checks that every anchor still matches exactly once)
-#   KEEP_SCRATCH=1 keeps the scratch copy; MUTANTS_REPORT=path also writes the table there.
+#   KEEP_SCRATCH=1 keeps the scratch copy; MUTANTS_SCRATCH=dir reuses a kept one (no fresh copy);
+#   MUTANTS_REPORT=path also writes the table there.
 #
 # How it works
 #   * The scratch copy lives under /tmp, so ../shared is absent there: a mutant counts as killed only by tests
@@ -20,11 +21,6 @@
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-scratch=$(mktemp -d /tmp/tc-mutants.XXXXXX)
-log="$scratch/.mutants-log"
-mkdir -p "$log"
-cleanup() { if [[ "${KEEP_SCRATCH:-0}" != 1 ]]; then rm -rf "$scratch"; else echo "scratch kept: $scratch"; fi; }
-trap cleanup EXIT
 
 ids=() projects=() files=() filters=() descs=() finds=() repls=()
 # mutant ID PROJECT FILE 'TEST LISTS;SEPARATED' DESCRIPTION FIND REPLACE
@@ -124,6 +120,25 @@ mutant llama2c-w2-w3 Pipeline src/Pipeline/Model/Llama2c.fs 'Llama2c (tiny' \
         let w3 = perLayer (f * d)' 'let w3 = perLayer (f * d)
         let w2 = perLayer (d * f)'
 
+# ---- tokenizer (Text/Tok512.fs) ---------------------------------------------------------------------------
+mutant tok512-byte-fallback Pipeline src/Pipeline/Text/Tok512.fs 'Llama2c (tiny' \
+    'llama2.c tokenizer: byte-fallback ids start at 4 instead of 3' \
+    'let private byteFallbackBase = 3' 'let private byteFallbackBase = 4'
+mutant tok512-no-dummy-prefix Pipeline src/Pipeline/Text/Tok512.fs 'Llama2c (tiny' \
+    'llama2.c tokenizer: no dummy-prefix space' \
+    'match lookup.TryGetValue " " with' 'match lookup.TryGetValue "<no dummy prefix>" with'
+mutant tok512-lowest-merge Pipeline src/Pipeline/Text/Tok512.fs 'Llama2c (tiny' \
+    'llama2.c tokenizer: the lowest-score pair is merged first' \
+    'if pairId[j] >= 0 && pairScore[j] > bestScore then' 'if pairId[j] >= 0 && -pairScore[j] > bestScore then'
+
+# ---- CLI (Cli/Commands/ConvertCommand.fs) ------------------------------------------------------------------
+mutant cli-resume-any-settings Cli src/Cli/Commands/ConvertCommand.fs 'Cli.convert resume' \
+    'convert --resume: continues a run started with other settings' \
+    '| true, Some previous when previous <> settings -> usageError' '| true, Some previous when false -> usageError'
+mutant cli-overwrite-out Cli src/Cli/Commands/ConvertCommand.fs 'Cli.convert resume' \
+    'convert: writes into a non-empty --out without --resume' \
+    '| false, _ -> usageError $"--out {out} exists and is not empty' '| false, _ -> ignore $"--out {out} exists and is not empty'
+
 # ---- anchors only ---------------------------------------------------------------------------------------
 if [[ "${1:-}" == --check ]]; then
     bad=0
@@ -148,17 +163,39 @@ else
 fi
 
 # ---- scratch copy and baseline -------------------------------------------------------------------------
-echo "scratch copy of $repo -> $scratch"
-(cd "$repo" && git ls-files -z -co --exclude-standard | tar --null -T - -cf -) | tar -xf - -C "$scratch"
+if [[ -n "${MUTANTS_SCRATCH:-}" && -d "${MUTANTS_SCRATCH}" ]]; then
+    scratch=$MUTANTS_SCRATCH
+    KEEP_SCRATCH=1
+    echo "reusing the scratch copy $scratch (synced with the working tree)"
+    (cd "$repo" && git ls-files -z -co --exclude-standard | tar --null -T - -cf -) | tar -xf - -C "$scratch"
+else
+    scratch=$(mktemp -d /tmp/tc-mutants.XXXXXX)
+    echo "scratch copy of $repo -> $scratch"
+    (cd "$repo" && git ls-files -z -co --exclude-standard | tar --null -T - -cf -) | tar -xf - -C "$scratch"
+fi
+cleanup() { if [[ "${KEEP_SCRATCH:-0}" != 1 ]]; then rm -rf "$scratch"; else echo "scratch kept: $scratch"; fi; }
+trap cleanup EXIT
+log="$scratch/.mutants-log"
+mkdir -p "$log"
 cd "$scratch"
 testbin="$scratch/tests/TaylorCalibrate.Tests/bin/Release/net10.0"
-build_quiet=(-c Release -v q -nologo -clp:ErrorsOnly)
+# No MSBuild node reuse: a node shared with another build on the machine can end a build early.
+build_quiet=(-c Release -v q -nologo -clp:ErrorsOnly -nodeReuse:false)
 echo "baseline build of the test project (once)..."
-if ! dotnet build tests/TaylorCalibrate.Tests "${build_quiet[@]}" >"$log/baseline-build.txt" 2>&1; then
-    cat "$log/baseline-build.txt"; echo "baseline build failed" >&2; exit 2
+if ! dotnet build tests/TaylorCalibrate.Tests "${build_quiet[@]}" >"$log/baseline-build.txt" 2>&1 \
+   || [[ ! -f "$testbin/TaylorCalibrate.Tests.dll" || ! -f "$testbin/TaylorCalibrate.Pipeline.dll" ]]; then
+    cat "$log/baseline-build.txt"; echo "baseline build failed (no test binary in $testbin)" >&2; exit 2
 fi
 mkdir -p "$scratch/.baseline"
-cp "$testbin/TaylorCalibrate.Backend.dll" "$testbin/TaylorCalibrate.Pipeline.dll" "$scratch/.baseline/"
+dlls=(TaylorCalibrate.Backend.dll TaylorCalibrate.Pipeline.dll taylor-calibrate.dll)
+for d in "${dlls[@]}"; do cp "$testbin/$d" "$scratch/.baseline/"; done
+# Puts the unmutated source and DLLs back (also when the script is interrupted mid-mutant).
+current=""
+restore() {
+    if [[ -n "$current" ]]; then cp "$log/original" "$current"; touch "$current"; current=""; fi
+    for d in "${dlls[@]}"; do cp "$scratch/.baseline/$d" "$testbin/"; done
+}
+trap 'restore; cleanup' EXIT
 
 # Runs one test list; prints "passed failed skipped" (from the runner's last line) and returns 0.
 run_list() {
@@ -202,20 +239,26 @@ for i in "${selected[@]}"; do
     start=$SECONDS
     echo "[$id] ${descs[$i]}"
     cp "$file" "$log/original"
+    current=$file
     n=$(apply "$file" "${finds[$i]}" "${repls[$i]}")
     if [[ "$n" != 1 ]]; then
         status=$([[ "$n" == 0 ]] && echo "PATTERN NOT FOUND" || echo "PATTERN AMBIGUOUS ($n matches)")
         echo "  $status in $file: update this mutant's anchor"
         results+=("| $id | $file | $status | | 0 |")
+        current=""
         continue
     fi
-    if [[ "$proj" == Backend ]]; then
-        dotnet build src/Backend "${build_quiet[@]}" --no-restore >"$log/$id-build.txt" 2>&1; rc=$?
-        dll=src/Backend/bin/Release/net10.0/TaylorCalibrate.Backend.dll
-    else
-        dotnet build src/Pipeline "${build_quiet[@]}" --no-restore -p:BuildProjectReferences=false >"$log/$id-build.txt" 2>&1; rc=$?
-        dll=src/Pipeline/bin/Release/net10.0/TaylorCalibrate.Pipeline.dll
-    fi
+    case "$proj" in
+        Backend)
+            dotnet build src/Backend "${build_quiet[@]}" --no-restore >"$log/$id-build.txt" 2>&1; rc=$?
+            dll=src/Backend/bin/Release/net10.0/TaylorCalibrate.Backend.dll ;;
+        Pipeline)
+            dotnet build src/Pipeline "${build_quiet[@]}" --no-restore -p:BuildProjectReferences=false >"$log/$id-build.txt" 2>&1; rc=$?
+            dll=src/Pipeline/bin/Release/net10.0/TaylorCalibrate.Pipeline.dll ;;
+        Cli)
+            dotnet build src/Cli "${build_quiet[@]}" --no-restore -p:BuildProjectReferences=false >"$log/$id-build.txt" 2>&1; rc=$?
+            dll=src/Cli/bin/Release/net10.0/taylor-calibrate.dll ;;
+    esac
     status="" by=""
     if [[ $rc != 0 ]]; then
         status="BUILD FAILED"
@@ -231,8 +274,7 @@ for i in "${selected[@]}"; do
             if [[ "$fa" != 0 ]]; then status="killed"; by="$f ($fa failed)"; break; fi
         done
     fi
-    cp "$log/original" "$file"
-    cp "$scratch/.baseline/TaylorCalibrate.Backend.dll" "$scratch/.baseline/TaylorCalibrate.Pipeline.dll" "$testbin/"
+    restore
     [[ "$status" == killed ]] && killed=$((killed + 1))
     echo "  -> $status ${by:+by $by} ($((SECONDS - start)) s)"
     results+=("| $id | $file | $status | $by | $((SECONDS - start)) |")

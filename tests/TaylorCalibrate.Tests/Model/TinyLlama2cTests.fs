@@ -2,6 +2,9 @@
 /// RoPE tables, an optional classifier: docs/platform.md) loads into the right tensors and runs with RoPE on
 /// ADJACENT coordinate pairs (2i, 2i+1), as llama2.c's run.c does: the backend forward matches the f64
 /// reference forced to adjacent pairs and not the half-split one. Needs nothing from ../shared.
+/// A llama2.c tokenizer file is written here too (control pieces, the 256 byte-fallback pieces, a few merges)
+/// so run.c's encoding rules (BOS, dummy-prefix space, byte fallback, highest-score merge first) are checked
+/// without tok512.bin.
 /// The window protocol of the perplexity is pinned here as well, on a stream that is an exact multiple of W,
 /// where dropping the last full window is an off-by-one that a stream with a remainder would hide.
 module TaylorCalibrate.Tests.Model.TinyLlama2cTests
@@ -14,6 +17,7 @@ open TaylorCalibrate.Backend
 open TaylorCalibrate.Pipeline
 open TaylorCalibrate.Pipeline.Eval
 open TaylorCalibrate.Pipeline.Model
+open TaylorCalibrate.Pipeline.Text
 open TaylorCalibrate.Tests
 open TaylorCalibrate.Tests.Model.TeacherForwardTests
 
@@ -64,6 +68,26 @@ let private load (untied: bool) =
         parts, t
     finally File.Delete path
 
+/// Pieces 0 <unk>, 1 BOS, 2 EOS, 3..258 <0x00>..<0xFF>, then " " 259, "a" 260, "b" 261, "ab" 262 (score −1),
+/// " ab" 263 (−2), "ba" 264 (−0.5).
+let private tinyTokenizer () =
+    let pieces =
+        [ yield "<unk>", 0f; yield "\n<s>\n", 0f; yield "\n</s>\n", 0f
+          for b in 0 .. 255 -> $"<0x{b:X2}>", 0f
+          yield " ", 0f; yield "a", 0f; yield "b", 0f; yield "ab", -1f; yield " ab", -2f; yield "ba", -0.5f ]
+    let path = Path.Combine(Path.GetTempPath(), $"tc-tok-{Guid.NewGuid():N}.bin")
+    try
+        do
+            use w = new BinaryWriter(File.Create path)
+            w.Write(int32 8)
+            for text, score in pieces do
+                let bytes = System.Text.Encoding.UTF8.GetBytes(text: string)
+                w.Write(score: float32)
+                w.Write(int32 bytes.Length)
+                w.Write bytes
+        Tok512.load path |> orFailTest :> ITokenizer
+    finally File.Delete path
+
 [<Tests>]
 let tests =
     testList "Llama2c (tiny, in memory)" [
@@ -100,6 +124,19 @@ let tests =
             // The pairing must matter on this input for the check above to mean anything.
             let halfSplit = reference RopeLayout.HalfSplit
             Expect.isGreaterThan (Numeric.relRms halfSplit got) 1e-2 "the half-split pairing gives other logits"
+        }
+
+        yield test "llama2.c tokenizer: BOS, dummy prefix, highest-score merge first, byte fallback, decode" {
+            let tok = tinyTokenizer ()
+            Expect.equal tok.VocabSize 265 "pieces"
+            // " a b a b": "ba" (−0.5) beats "ab" (−1); afterwards no pair of " ", a, ba, b is a piece.
+            Expect.equal (tok.Encode("abab", true)) [| 1; 259; 260; 264; 261 |] "BOS, dummy prefix, ba merged first"
+            // " a b": "ab" (−1) first, then " ab" (−2).
+            Expect.equal (tok.Encode("ab", false)) [| 263 |] "merges repeat until no pair is a piece"
+            // é has no piece: its UTF-8 bytes C3 A9 become <0xC3> <0xA9> = 3 + byte.
+            Expect.equal (tok.Encode("\u00e9", false)) [| 259; 3 + 0xC3; 3 + 0xA9 |] "byte fallback"
+            Expect.equal (tok.Encode("", true)) [| 1 |] "empty text is BOS only (no dummy prefix)"
+            Expect.equal (tok.Decode [| 1; 263; 264; 3 + 0xC3; 3 + 0xA9 |]) "abba\u00e9" "the space after BOS is dropped, bytes reassembled"
         }
 
         yield test "perplexity windows: a stream of exactly 3·W tokens gives 3 windows and 3·(W−1) targets, all scored" {
