@@ -167,14 +167,14 @@ if [[ -n "${MUTANTS_SCRATCH:-}" && -d "${MUTANTS_SCRATCH}" ]]; then
     scratch=$MUTANTS_SCRATCH
     KEEP_SCRATCH=1
     echo "reusing the scratch copy $scratch (synced with the working tree)"
-    (cd "$repo" && git ls-files -z -co --exclude-standard | tar --null -T - -cf -) | tar -xf - -C "$scratch"
-else
-    scratch=$(mktemp -d /tmp/tc-mutants.XXXXXX)
-    echo "scratch copy of $repo -> $scratch"
     # Copy only what differs, with a fresh mtime, so the incremental build sees exactly those changes.
     (cd "$repo" && git ls-files -co --exclude-standard) | while IFS= read -r f; do
         if ! cmp -s "$repo/$f" "$scratch/$f"; then mkdir -p "$(dirname "$scratch/$f")"; cp "$repo/$f" "$scratch/$f"; echo "  synced $f"; fi
     done
+else
+    scratch=$(mktemp -d /tmp/tc-mutants.XXXXXX)
+    echo "scratch copy of $repo -> $scratch"
+    (cd "$repo" && git ls-files -z -co --exclude-standard | tar --null -T - -cf -) | tar -xf - -C "$scratch"
 fi
 cleanup() { if [[ "${KEEP_SCRATCH:-0}" != 1 ]]; then rm -rf "$scratch"; else echo "scratch kept: $scratch"; fi; }
 trap cleanup EXIT
