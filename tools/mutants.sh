@@ -81,9 +81,9 @@ mutant p2-no-final-eval Pipeline src/Pipeline/Stages/Align.fs 'Stages.AlignResto
 mutant p2-lr-gates Pipeline src/Pipeline/Stages/Align.fs 'Stages.MethodConstants' \
     'Phase 2: gate learning rate 1e-4 instead of 1e-3' \
     'LrGates = 1e-3f;' 'LrGates = 1e-4f;'
-mutant p2-lr-groups Pipeline src/Pipeline/Stages/Align.fs 'Stages.MethodConstants' \
+mutant p2-lr-groups Pipeline src/Pipeline/Training/ParameterGroups.fs 'Stages.MethodConstants' \
     'Phase 2: g_proj trained at the projection learning rate' \
-    'o.LrProjections; o.LrProjections; o.LrProjections; o.LrGates; o.LrGates;' 'o.LrProjections; o.LrProjections; o.LrProjections; o.LrProjections; o.LrGates;'
+    'EndsWith "v_proj.weight" ]' 'EndsWith "v_proj.weight"; EndsWith "g_proj.weight" ]'
 mutant p2-weight-decay Pipeline src/Pipeline/Stages/Align.fs 'Stages.MethodConstants' \
     'Phase 2: weight decay 0.02 instead of 0.01' \
     'WeightDecay = 0.01f;' 'WeightDecay = 0.02f;'
@@ -129,7 +129,7 @@ mutant tok512-no-dummy-prefix Pipeline src/Pipeline/Text/Tok512.fs 'Llama2c (tin
     'match lookup.TryGetValue " " with' 'match lookup.TryGetValue "<no dummy prefix>" with'
 mutant tok512-lowest-merge Pipeline src/Pipeline/Text/Tok512.fs 'Llama2c (tiny' \
     'llama2.c tokenizer: the lowest-score pair is merged first' \
-    'if pairId[j] >= 0 && pairScore[j] > bestScore then' 'if pairId[j] >= 0 && -pairScore[j] > bestScore then'
+    'if s1 > s2 then -1 elif s1 < s2 then 1 else compare p1 p2' 'if s1 < s2 then -1 elif s1 > s2 then 1 else compare p1 p2'
 
 # ---- CLI (Cli/Commands/ConvertCommand.fs) ------------------------------------------------------------------
 mutant cli-resume-any-settings Cli src/Cli/Commands/ConvertCommand.fs 'Cli.convert resume' \
