@@ -20,6 +20,7 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Convert of ParseResults<ConvertCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Experiment of ParseResults<ExperimentCommand.Args>
     | [<CliPrefix(CliPrefix.None); CustomCommandLine("train-teacher")>] Train_Teacher of ParseResults<TrainTeacherCommand.Args>
+    | [<CliPrefix(CliPrefix.None)>] Distill of ParseResults<DistillCommand.Args>
     | [<AltCommandLine("-v")>] Verbose
     interface IArgParserTemplate with
         member c.Usage =
@@ -34,6 +35,7 @@ type Command =
             | Logits _ -> "write the logits of one forward pass to safetensors (cross-checking)"
             | Convert _ -> "convert a teacher into a calibrated hybrid GDN student directory (+ report.json, report.html)"
             | Train_Teacher _ -> "train a Llama/Qwen2/Qwen3 decoder from scratch on text; writes a Hugging Face directory"
+            | Distill _ -> "distil a student against its teacher: --stage 1 (per layer) or 2 (end-to-end KL), checkpoints, learning curve"
             | Experiment _ -> "experiments: `experiment ablation` (zero-shot PPL of the five init strategies)"
             | Verbose -> "print stack traces of errors"
 
@@ -50,6 +52,7 @@ let private dispatch (results: ParseResults<Command>) =
     | Convert a -> ConvertCommand.run a
     | Experiment a -> ExperimentCommand.run a
     | Train_Teacher a -> TrainTeacherCommand.run a
+    | Distill a -> DistillCommand.run a
     | Verbose -> usageError "no command given; see --help"
 
 [<EntryPoint>]
