@@ -77,11 +77,11 @@ let private ablation (args: ParseResults<AblationArgs>) =
     if File.Exists out then usageError $"--out {out} is a file"
     let converted = [ 0 .. c.Layers - 1 ] |> List.except p.Kept
     use be = openDevice (args.TryGetResult Device)
-    use dt = new DeviceTeacher(be, p.Teacher)
+    use dt = new DeviceDecoder(be, p.Teacher)
     let total = Stopwatch.StartNew()
     let ppl (lm: Perplexity.LogitsModel) = (Perplexity.evaluateModel lm None set None CancellationToken.None).Perplexity
     AnsiConsole.MarkupLine("[bold]ablation[/] " + Markup.Escape $"{p.TeacherPath}: kept {p.Kept}, GQA {GqaExpand.name p.Expand}, {seeds} seed(s), {steps} steps, eval {set.Windows} x {set.Window} tokens, device {be.Name}")
-    let teacherPpl = ppl (Perplexity.teacherModel dt)
+    let teacherPpl = ppl (Perplexity.decoderModel dt)
     printfn "teacher PPL %.3f" teacherPpl
     let trace = TeacherTrace.run dt p.Batch converted
     let rows =
@@ -92,8 +92,8 @@ let private ablation (args: ParseResults<AblationArgs>) =
                     let w = Stopwatch.StartNew()
                     let o = { Convert.ConvertOptions.defaults strategy with Expand = p.Expand; Seed = seed; Align = { Align.AlignOptions.defaults with Steps = steps } }
                     let student, _ = Convert.run be p.Teacher trace p.Kept o Convert.Hooks.none CancellationToken.None
-                    use m = new HybridForward.DeviceStudent(be, student)
-                    let v = ppl { Backend = be; Vocab = c.Vocab; Logits = HybridForward.run m }
+                    use m = new DeviceDecoder(be, student)
+                    let v = ppl (Perplexity.decoderModel m)
                     printfn "%-17s seed %d: PPL %.3f (%.1f s)" name seed v w.Elapsed.TotalSeconds
                     yield v ]
             yield name, perSeed ]

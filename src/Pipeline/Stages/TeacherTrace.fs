@@ -35,8 +35,8 @@ let headMeans (B: int) (H: int) (stats: float32[]) (which: int) =
     Array.init H (fun h -> (Array.init B (fun b -> float stats[(b * H + h) * 2 + which]) |> Array.average))
 
 /// Runs the teacher once over the batch and records the given layers.
-let run (m: DeviceTeacher) (batch: CalibrationBatch) (layers: int list) : TeacherTrace =
-    let r = Forward.run m batch.Tokens batch.B batch.T { Forward.ForwardOptions.none with Trace = Set.ofList layers }
+let run (m: DeviceDecoder) (batch: CalibrationBatch) (layers: int list) : TeacherTrace =
+    let r = Decoder.forward m batch.Tokens batch.B batch.T { Decoder.ForwardOptions.none with Trace = Set.ofList layers }
     r.Logits.Dispose()
     let H = m.Config.Heads
     let traces =

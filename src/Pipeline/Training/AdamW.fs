@@ -51,7 +51,9 @@ type StepStats =
       /// Global gradient norm before clipping.
       GradNorm: float
       /// Schedule factor applied to every group's peak learning rate.
-      LrFactor: float }
+      LrFactor: float
+      /// The learning rate each trained group used, in the order groups first appear among the parameters.
+      LearningRates: (string * float32) list }
 
 /// The global gradient norm was NaN or infinite; no parameter was changed. Names the trained parameters whose
 /// gradients hold non-finite values, in parameter order (empty when only the sum of squares overflowed).
@@ -149,7 +151,8 @@ type AdamW(settings: AdamWSettings, rules: GroupRule list, parameters: Parameter
             backend.AdamW(t.Parameter.Value, t.Parameter.Grad, t.M, t.V,
                           AdamWSpec(lr, s + 1, t.Hyper.WeightDecay, settings.Beta1, settings.Beta2, settings.Epsilon))
         stepsTaken <- s + 1
-        { Step = s + 1; GradNorm = float n; LrFactor = f }
+        let rates = trained |> List.map (fun t -> t.Group, float32 (float t.Hyper.LearningRate * f)) |> List.distinct
+        { Step = s + 1; GradNorm = float n; LrFactor = f; LearningRates = rates }
 
     /// Puts the optimizer back at `steps` steps taken with the given moments (by parameter name; each pair is
     /// (m, v) with the parameter's element count), as a checkpoint recorded them. Every trained parameter must

@@ -26,7 +26,9 @@ type StepReport =
       /// Global gradient norm before clipping.
       GradNorm: float
       /// Schedule factor that multiplied each group's peak learning rate.
-      LrFactor: float }
+      LrFactor: float
+      /// The learning rate each trained group used (group name, rate).
+      LearningRates: (string * float32) list }
 
 /// One step over micro-batches with the given weights (each > 0, summing to 1 within 1e-6).
 /// `lossAndGrad` returns the micro-batch's mean loss and accumulates Weight·gradient into the parameters' Grad.
@@ -42,7 +44,7 @@ let stepWeighted (optimizer: AdamW) (weights: float32[]) (lossAndGrad: MicroBatc
         let l = lossAndGrad { Index = i; Count = weights.Length; Weight = weights[i] }
         loss <- loss + float weights[i] * l
     let s = optimizer.Step()
-    { Step = s.Step; Loss = loss; GradNorm = s.GradNorm; LrFactor = s.LrFactor }
+    { Step = s.Step; Loss = loss; GradNorm = s.GradNorm; LrFactor = s.LrFactor; LearningRates = s.LearningRates }
 
 /// Weights of `count` equal micro-batches (1/count each; exactly 1 for a single batch).
 let equalWeights (count: int) : float32[] =

@@ -76,6 +76,8 @@ let private agreesWithHandSteps (be: IBackend) (settings: AdamWSettings) (gradSc
             Expect.equal stats.Step (s + 1) "step counter"
             Expect.equal stats.GradNorm (float handNorm) $"step {s + 1}: gradient norm"
             Expect.equal stats.LrFactor (Schedule.factor settings.Schedule s) "schedule factor"
+            let rate (lr: float32) = float32 (float lr * Schedule.factor settings.Schedule s)
+            Expect.equal stats.LearningRates [ "attn", rate 1e-2f; "attn-bias", rate 3e-3f; "rest", rate 1e-3f ] "rates per group"
         Expect.equal opt.StepsTaken steps "steps taken"
         for p, h in List.zip ps hand do sameBits (p.Value.ToArray()) (h.Value.ToArray()) $"{be.Name}: '{p.Name}' after {steps} steps"
         for t in opt.Trained do

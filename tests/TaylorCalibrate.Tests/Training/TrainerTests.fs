@@ -7,6 +7,7 @@ open System
 open System.Threading
 open Expecto
 open TaylorCalibrate.Backend
+open TaylorCalibrate.Pipeline.Layers
 open TaylorCalibrate.Pipeline.Model
 open TaylorCalibrate.Pipeline.Student
 open TaylorCalibrate.Pipeline.Stages
@@ -25,7 +26,7 @@ let private sameBits (a: float32[]) (b: float32[]) (what: string) =
     Expect.equal (Array.map BitConverter.SingleToInt32Bits a) (Array.map BitConverter.SingleToInt32Bits b) what
 
 /// (B, T, D) a random GDN layer, its input and a target, as Phase 2 sees them.
-let private gdnDims : GdnLayer.GdnDims = { D = 8; H = 2; Hd = 4 }
+let private gdnDims : GdnDims = { D = 8; H = 2; Hd = 4 }
 
 let private gdnConfig : ModelConfig =
     { Family = ModelFamily.Llama; Dim = gdnDims.D; Hidden = 16; Layers = 1; Heads = gdnDims.H; KvHeads = gdnDims.H
@@ -42,43 +43,40 @@ let private gdnWeights () : GdnWeights =
 /// Phase 2's loop written on Trainer.step: Align's loss (mean squared error after o_proj, ∂/∂y = 2(y − Y)/n)
 /// and backward, with the parameters named as the student files name them.
 let private alignWithTrainer (be: IBackend) (o: Align.AlignOptions) (trace: TeacherTrace.LayerTrace) B T (w: GdnWeights) =
-    use x = be.FromArray(trace.X, B, T, gdnDims.D)
-    use target = be.FromArray(trace.Output, B, T, gdnDims.D)
-    use y = be.Allocate [| B; T; gdnDims.D |]
-    use dy = be.Allocate [| B; T; gdnDims.D |]
-    use scalar = be.Allocate [| 1 |]
-    use ws = new GdnLayer.GdnWorkspace(be, gdnDims, B, T)
-    use p = new GdnLayer.DeviceGdn(be, gdnDims, w)
-    use grads = new GdnLayer.GdnGrads(be, gdnDims)
-    use woGrad = be.Allocate p.Wo.Shape // o_proj is frozen: backward never writes it
+    use owner = new TensorOwner(be)
+    use scratch = new Scratch(be)
+    use arena = new Arena(be)
+    let x = owner.Upload(trace.X, [| B; T; gdnDims.D |])
+    let target = owner.Upload(trace.Output, [| B; T; gdnDims.D |])
+    let y = owner.Allocate [| B; T; gdnDims.D |]
+    let dy = owner.Allocate [| B; T; gdnDims.D |]
+    let scalar = owner.Allocate [| 1 |]
+    let p = Gdn.upload owner gdnDims w
     let name n = "model.layers.0.attn." + n
     let parameters : Parameter list =
-        [ { Name = name "q_proj.weight"; Value = p.Wq; Grad = grads.Wq }
-          { Name = name "k_proj.weight"; Value = p.Wk; Grad = grads.Wk }
-          { Name = name "v_proj.weight"; Value = p.Wv; Grad = grads.Wv }
-          { Name = name "g_proj.weight"; Value = p.Wg; Grad = grads.Wg }
-          { Name = name "a_proj.weight"; Value = p.Wa; Grad = grads.Wa }
-          { Name = name "b_proj.weight"; Value = p.Wb; Grad = grads.Wb }
-          { Name = name "A_log"; Value = p.ALog; Grad = grads.ALog }
-          { Name = name "dt_bias"; Value = p.DtBias; Grad = grads.DtBias }
-          { Name = name "o_norm.weight"; Value = p.ONorm; Grad = grads.ONorm }
-          { Name = name "o_proj.weight"; Value = p.Wo; Grad = woGrad } ]
+        [ for n, t in [ "q_proj.weight", p.Wq; "k_proj.weight", p.Wk; "v_proj.weight", p.Wv; "g_proj.weight", p.Wg
+                        "a_proj.weight", p.Wa; "b_proj.weight", p.Wb; "A_log", p.ALog; "dt_bias", p.DtBias
+                        "o_norm.weight", p.ONorm; "o_proj.weight", p.Wo ] ->
+            { Name = name n; Value = t; Grad = owner.Allocate t.Shape } ]
     let settings =
         { Beta1 = o.Beta1; Beta2 = o.Beta2; Epsilon = o.Epsilon; ClipNorm = Some o.ClipNorm; Schedule = Schedule.Constant }
     use opt = new AdamW(settings, Presets.phase2 o.LrProjections o.LrGates o.WeightDecay, parameters)
+    // o_proj and o_norm are frozen: the backward computes gradients of the trained tensors only.
+    let grads = Grads(opt.Trained |> List.map (fun t -> t.Parameter))
     let n = float32 (B * T * gdnDims.D)
     let reports =
         [ for _ in 1 .. o.Steps ->
             Trainer.step opt 1 (fun mb ->
-                GdnLayer.forward p ws x y
+                arena.Reset()
+                let saved = Gdn.forward be scratch arena p x y
                 be.Copy(y, 0L, dy, 0L, y.Count)
                 be.Axpy(-1f, target, dy)
                 be.Reduce(ReduceOp.SumOfSquares, dy, scalar)
                 let loss = float (scalar.ToArray()[0]) / float n
                 be.Scale(dy, 2f / n * mb.Weight, dy)
-                GdnLayer.backward p ws x dy grads None
+                Gdn.backward be scratch grads p saved dy None
                 loss) ]
-    p.ToWeights(), reports
+    Gdn.download p, reports
 
 [<Tests>]
 let tests =
