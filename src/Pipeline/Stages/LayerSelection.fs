@@ -172,20 +172,20 @@ module Models =
         r.Perplexity
 
     /// The teacher uploaded to `be`.
-    let upload (be: IBackend) (t: Teacher) = new DeviceTeacher(be, t)
+    let upload (be: IBackend) (t: Teacher) = new DeviceDecoder(be, t)
 
     /// Perplexity of the teacher with the attention sublayers of `skip` removed (outputs 0, residual kept).
-    let teacherPerplexity (dt: DeviceTeacher) (skip: Set<int>) set onWindows ct =
+    let teacherPerplexity (dt: DeviceDecoder) (skip: Set<int>) set onWindows ct =
         let lm : Perplexity.LogitsModel =
             { Backend = dt.Backend; Vocab = dt.Config.Vocab
-              Logits = fun ids B T -> (Forward.run dt ids B T { Forward.ForwardOptions.none with SkipAttention = skip }).Logits }
+              Logits = fun ids B T -> (Decoder.forward dt ids B T { Decoder.ForwardOptions.none with SkipAttention = skip }).Logits }
         perplexity lm set onWindows ct
 
     /// The student with every layer converted by the setup's init. A layer's conversion depends only on the
     /// teacher, the calibration batch, the seed and the layer index (teacher-forced, fresh draws a function of
     /// (seed, layer)), never on which other layers are kept: so the hybrid keeping only ℓ is this student
     /// with ℓ's softmax attention restored (keepOnly), and GA-S2 costs one init of L layers, not L inits.
-    let convertAll (be: IBackend) (dt: DeviceTeacher) (t: Teacher) (setup: GaS2Setup) (layerStarted: int -> unit) (ct: CancellationToken) : Student =
+    let convertAll (be: IBackend) (dt: DeviceDecoder) (t: Teacher) (setup: GaS2Setup) (layerStarted: int -> unit) (ct: CancellationToken) : Student =
         let o = setup.Options
         let all = [ 0 .. t.Config.Layers - 1 ]
         match setup.Calibration with
@@ -208,8 +208,8 @@ module Models =
 
     /// Zero-shot perplexity of a student.
     let studentPerplexity (be: IBackend) (s: Student) set onWindows ct =
-        use m = new HybridForward.DeviceStudent(be, s)
-        perplexity { Backend = be; Vocab = s.Config.Vocab; Logits = HybridForward.run m } set onWindows ct
+        use m = new DeviceDecoder(be, s)
+        perplexity (Perplexity.decoderModel m) set onWindows ct
 
 let private checkPerplexity (what: string) (ppl: float) =
     if Double.IsNaN ppl then invalidOp $"{what}: the perplexity is NaN; the forward pass produced non-finite logits"

@@ -41,14 +41,14 @@ let private teacher (seed: int) (woScale: float32 list) : Teacher =
 /// teacher's expected NLL is minimal (Gibbs' inequality), so any change to it raises the expected PPL by its
 /// KL divergence: the larger the change, the larger the increase.
 let private ownSamples (be: IBackend) (t: Teacher) (windows: int) (W: int) (seed: int) : Perplexity.EvalSet =
-    use dt = new DeviceTeacher(be, t)
+    use dt = new DeviceDecoder(be, t)
     let V = t.Config.Vocab
     let rng = Random seed
     let ids = Array.zeroCreate (windows * W)
     for b in 0 .. windows - 1 do ids[b * W] <- rng.Next V
     for n in 1 .. W - 1 do
         let prefix = Array.init (windows * n) (fun i -> ids[(i / n) * W + i % n])
-        let logits = Forward.logits dt prefix windows n // (windows, n, V)
+        let logits = Decoder.logits dt prefix windows n // (windows, n, V)
         for b in 0 .. windows - 1 do ids[b * W + n] <- Generate.sample rng logits (b * n + n - 1) V 1.0
     Perplexity.prepare "teacher samples" t.Config ids (Some W) None |> Result.defaultWith (fun e -> failtest (InputError.describe e))
 
@@ -148,7 +148,7 @@ let tests =
             let t = teacher 60 [ 1f; 1f; 1f ]
             let batch = calibration t
             let su = setup Convert.InitStrategy.TaylorCalibrate (Some batch) 4
-            use dt = new DeviceTeacher(be, t)
+            use dt = new DeviceDecoder(be, t)
             let all = Models.convertAll be dt t su ignore CancellationToken.None
             for i in 0 .. 2 do
                 let converted = [ 0 .. 2 ] |> List.except [ i ]
