@@ -54,7 +54,7 @@ type PlusOptions =
 module PlusOptions =
     let defaults =
         { GuardedPhase1 = true; ExactGates = false; RefitOutput = true; Ridge = 1e-3; Steps = 600; MiniBatch = 4
-          EvalEvery = 25; Patience = 6; LrProjections = 1e-4f; LrGates = 1e-3f; LrOutput = 0f; WeightDecay = 0.01f
+          EvalEvery = 25; Patience = 6; LrProjections = 3e-4f; LrGates = 3e-3f; LrOutput = 1e-3f; WeightDecay = 0.01f
           Beta1 = 0.9f; Beta2 = 0.999f; Epsilon = 1e-8f; ClipNorm = 1.0f }
 
 /// What calibrate-plus did to one layer.
@@ -163,12 +163,17 @@ let private exactGates (c: ModelConfig) (tr: LayerTrace) (betaTargets: float[]) 
         Wa = Array.zeroCreate w.Wa.Length
         Wb = Array.init (c.Heads * D) (fun k -> float32 (TaylorInit.logit betaTargets[k / D] * mean[k % D] / norm2)) }
 
-/// Guarded Phase 1 followed by the o_proj refit: the weights, the kept component names and Phase 1's info.
+/// Guarded Phase 1 followed by the o_proj refit: the naive layer's dev loss, the (dev loss, weights) kept,
+/// the kept component names and Phase 1's info.
 let private closedForm (o: PlusOptions) (taylor: TaylorInit.TaylorOptions) (be: IBackend) (c: ModelConfig) (win: Windows)
                        (fit: LayerSet) (dev: LayerSet) (T: int) (naive: GdnWeights) =
     let dims : GdnLayer.GdnDims = { D = c.Dim; H = c.Heads; Hd = c.HeadDim }
-    let start = score o be win dims fit dev naive
-    if not o.GuardedPhase1 then start, [], None
+    // The refit is itself guarded: the naive layer as it is competes with its refitted self.
+    let asIs = score { o with RefitOutput = false } be win dims fit dev naive
+    let start =
+        let refit = score o be win dims fit dev naive
+        if fst refit < fst asIs then refit else asIs
+    if not o.GuardedPhase1 then fst asIs, start, [], None
     else
     // Phase 1 as published on a bounded head of the fit set (its batch size, method.md §5.1).
     let nb = min fit.B 16
@@ -184,7 +189,7 @@ let private closedForm (o: PlusOptions) (taylor: TaylorInit.TaylorOptions) (be: 
         components |> List.fold (fun ((loss, w), kept) (name, applyTo) ->
             let candLoss, candW = score o be win dims fit dev (applyTo w)
             if candLoss < loss then (candLoss, candW), kept @ [ name ] else (loss, w), kept) (start, [])
-    best, kept, (if kept.IsEmpty then None else Some info)
+    fst asIs, best, kept, (if kept.IsEmpty then None else Some info)
 
 /// Alignment on minibatches of the fit set with dev-loss selection; returns the best weights.
 let private align (o: PlusOptions) (be: IBackend) (c: ModelConfig) (win: Windows) (fit: LayerSet) (dev: LayerSet) (T: int)
@@ -286,8 +291,7 @@ let run (o: PlusOptions) (taylor: TaylorInit.TaylorOptions) (be: IBackend) (c: M
     let dims : GdnLayer.GdnDims = { D = c.Dim; H = c.Heads; Hd = c.HeadDim }
     let dev = defaultArg dev fit
     use win = new Windows(be, dims, T, max 1 (min o.MiniBatch fit.B))
-    let devNaive = (score { o with RefitOutput = false } be win dims fit dev naive) |> fst
-    let (devClosed, closed), kept, info = closedForm o taylor be c win fit dev T naive
+    let devNaive, (devClosed, closed), kept, info = closedForm o taylor be c win fit dev T naive
     let aligned, result, devLosses =
         if o.Steps > 0 then align o be c win fit dev T fit.Trace.Layer seed closed onStep ct
         else
