@@ -98,7 +98,11 @@ let private ablation (args: ParseResults<AblationArgs>) =
         | None -> Convert.InitStrategy.all
     let budgets = args.TryGetResult Calib_Tokens |> Option.map (parseList "--calib-tokens" (fun x -> match Int32.TryParse x with | true, v -> Some v | _ -> None))
     budgets |> Option.iter (List.iter ConvertCommand.checkCalibTokens)
-    let devTokens = args.GetResult(Calib_Dev_Tokens, ConvertCommand.defaultDevTokens Convert.InitStrategy.CalibratePlus)
+    // Only calibrate-plus uses held-out calibration text; without it the published batch needs no more text than before.
+    let devTokens =
+        if List.contains Convert.InitStrategy.CalibratePlus strategies then
+            args.GetResult(Calib_Dev_Tokens, ConvertCommand.defaultDevTokens Convert.InitStrategy.CalibratePlus)
+        else 0
     let evalText = args.GetResult Eval_Text
     let p =
         ConvertCommand.prepare (args.GetResult Teacher) (args.TryGetResult Keep) (args.TryGetResult Policy) (args.TryGetResult Keep_Fraction)
