@@ -19,6 +19,7 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Logits of ParseResults<LogitsCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Convert of ParseResults<ConvertCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Experiment of ParseResults<ExperimentCommand.Args>
+    | [<CliPrefix(CliPrefix.None); CustomCommandLine("train-teacher")>] Train_Teacher of ParseResults<TrainTeacherCommand.Args>
     | [<AltCommandLine("-v")>] Verbose
     interface IArgParserTemplate with
         member c.Usage =
@@ -32,6 +33,7 @@ type Command =
             | Generate _ -> "continue a prompt (greedy at --temperature 0) for quick sanity checks"
             | Logits _ -> "write the logits of one forward pass to safetensors (cross-checking)"
             | Convert _ -> "convert a teacher into a calibrated hybrid GDN student directory (+ report.json, report.html)"
+            | Train_Teacher _ -> "train a Llama/Qwen2/Qwen3 decoder from scratch on text; writes a Hugging Face directory"
             | Experiment _ -> "experiments: `experiment ablation` (zero-shot PPL of the five init strategies)"
             | Verbose -> "print stack traces of errors"
 
@@ -47,6 +49,7 @@ let private dispatch (results: ParseResults<Command>) =
     | Logits a -> LogitsCommand.run a
     | Convert a -> ConvertCommand.run a
     | Experiment a -> ExperimentCommand.run a
+    | Train_Teacher a -> TrainTeacherCommand.run a
     | Verbose -> usageError "no command given; see --help"
 
 [<EntryPoint>]

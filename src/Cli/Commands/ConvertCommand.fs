@@ -154,7 +154,7 @@ let run (args: ParseResults<Args>) =
     let c = p.Teacher.Config
     let converted = [ 0 .. c.Layers - 1 ] |> List.except p.Kept
     use be = openDevice (args.TryGetResult Device)
-    use dt = new DeviceTeacher(be, p.Teacher)
+    use dt = new DeviceDecoder(be, p.Teacher)
     use cts = new CancellationTokenSource()
     let onCancel = ConsoleCancelEventHandler(fun _ e -> e.Cancel <- true; cts.Cancel())
     Console.CancelKeyPress.AddHandler onCancel

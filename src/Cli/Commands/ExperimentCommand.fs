@@ -121,12 +121,12 @@ let private ablation (args: ParseResults<AblationArgs>) =
                 yield s, n ]
     let splits = jobs |> List.map snd |> List.distinct |> List.map (fun n -> n, ConvertCommand.split p n devTokens) |> Map.ofList
     use be = openDevice (args.TryGetResult Device)
-    use dt = new DeviceTeacher(be, p.Teacher)
+    use dt = new DeviceDecoder(be, p.Teacher)
     let total = Stopwatch.StartNew()
     let ppl (lm: Perplexity.LogitsModel) = (Perplexity.evaluateModel lm None set None CancellationToken.None).Perplexity
     let stepText = match steps with Some s -> $"{s} steps" | None -> "default steps"
     AnsiConsole.MarkupLine("[bold]ablation[/] " + Markup.Escape $"{p.TeacherPath}: kept {p.Kept}, GQA {GqaExpand.name p.Expand}, {seeds} seed(s), {stepText}, eval {set.Windows} x {set.Window} tokens, device {be.Name}")
-    let teacherPpl = ppl (Perplexity.teacherModel dt)
+    let teacherPpl = ppl (Perplexity.decoderModel dt)
     printfn "teacher PPL %.3f" teacherPpl
     let traces = Collections.Generic.Dictionary<int, TeacherTrace.TeacherTrace * TeacherTrace.TeacherTrace option>()
     let traceFor n =
@@ -152,8 +152,8 @@ let private ablation (args: ParseResults<AblationArgs>) =
                                 Plus = { o.Plus with Steps = defaultArg steps o.Plus.Steps } }
                     let student, _ = Convert.runWith be p.Teacher fit dev p.Kept o Convert.Hooks.none CancellationToken.None
                     let secs = w.Elapsed.TotalSeconds
-                    use m = new HybridForward.DeviceStudent(be, student)
-                    let v = ppl { Backend = be; Vocab = c.Vocab; Logits = HybridForward.run m }
+                    use m = new DeviceDecoder(be, student)
+                    let v = ppl (Perplexity.decoderModel m)
                     printfn "%-17s %6d tokens, seed %d: PPL %.3f (convert %.1f s)" name n seed v secs
                     yield v, secs ]
             yield { Strategy = strategy; CalibTokens = n; Ppl = List.map fst runs; Seconds = List.map snd runs } ]

@@ -39,7 +39,7 @@ let run (args: ParseResults<Args>) =
     if ids.Length = 0 then usageError "the prompt is empty and the tokenizer has no BOS to start from"
     if ids.Length >= t.Config.Context then usageError $"the prompt has {ids.Length} tokens; the context is {t.Config.Context}"
     use be = openDevice (args.TryGetResult Device)
-    use m = new DeviceTeacher(be, t)
+    use m = new DeviceDecoder(be, t)
     let all = Collections.Generic.List<int>(ids)
     let mutable shown = tok.Decode ids
     printf "%s" shown

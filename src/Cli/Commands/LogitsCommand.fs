@@ -50,8 +50,8 @@ let run (args: ParseResults<Args>) =
     | Some id -> usageError $"token id {id} is outside the vocabulary [0, {c.Vocab})"
     | None -> ()
     use be = openDevice (args.TryGetResult Device)
-    use m = new DeviceTeacher(be, t)
-    let logits = Forward.logits m ids 1 ids.Length
+    use m = new DeviceDecoder(be, t)
+    let logits = Decoder.logits m ids 1 ids.Length
     let out = args.GetResult Out
     Safetensors.write out Map.empty
         [ "logits", [| ids.Length; c.Vocab |], Safetensors.F32 logits

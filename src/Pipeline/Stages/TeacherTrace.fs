@@ -36,8 +36,8 @@ let headMeans (B: int) (H: int) (stats: float32[]) (which: int) =
     Array.init H (fun h -> (Array.init B (fun b -> float stats[(b * H + h) * 2 + which]) |> Array.average))
 
 /// Runs the teacher once over the batch and records the given layers.
-let run (m: DeviceTeacher) (batch: CalibrationBatch) (layers: int list) : TeacherTrace =
-    let r = Forward.run m batch.Tokens batch.B batch.T { Forward.ForwardOptions.none with Trace = Set.ofList layers }
+let run (m: DeviceDecoder) (batch: CalibrationBatch) (layers: int list) : TeacherTrace =
+    let r = Decoder.forward m batch.Tokens batch.B batch.T { Decoder.ForwardOptions.none with Trace = Set.ofList layers }
     r.Logits.Dispose()
     let H = m.Config.Heads
     let traces =
@@ -53,14 +53,14 @@ let windowChunks = 4
 
 /// `run` over windows of at most `window` chunks, concatenated along B. The statistics are per-b means, so
 /// the whole-batch mean is the chunk-weighted mean of the windows' means (the floor is applied after).
-let runStreamed (m: DeviceTeacher) (batch: CalibrationBatch) (layers: int list) (window: int) : TeacherTrace =
+let runStreamed (m: DeviceDecoder) (batch: CalibrationBatch) (layers: int list) (window: int) : TeacherTrace =
     if batch.B <= window then run m batch layers
     else
     let parts =
         [ for b0 in 0 .. window .. batch.B - 1 do
             let nb = min window (batch.B - b0)
             let sub = { batch with Tokens = batch.Tokens[b0 * batch.T .. (b0 + nb) * batch.T - 1]; B = nb }
-            let r = Forward.run m sub.Tokens nb batch.T { Forward.ForwardOptions.none with Trace = Set.ofList layers }
+            let r = Decoder.forward m sub.Tokens nb batch.T { Decoder.ForwardOptions.none with Trace = Set.ofList layers }
             r.Logits.Dispose()
             yield nb, r.Traces ]
     let H = m.Config.Heads

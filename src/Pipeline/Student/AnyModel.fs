@@ -38,10 +38,8 @@ let tokenizerFor (path: string) (m: AnyModel) (explicitPath: string option) : Re
 
 /// Uploads the model to `be`; dispose the second value to free it.
 let openOn (be: IBackend) (m: AnyModel) : Perplexity.LogitsModel * IDisposable =
-    match m with
-    | TeacherModel t ->
-        let d = new DeviceTeacher(be, t)
-        Perplexity.teacherModel d, (d :> IDisposable)
-    | StudentModel s ->
-        let d = new HybridForward.DeviceStudent(be, s)
-        { Backend = be; Vocab = s.Config.Vocab; Logits = HybridForward.run d }, (d :> IDisposable)
+    let d =
+        match m with
+        | TeacherModel t -> new DeviceDecoder(be, t)
+        | StudentModel s -> new DeviceDecoder(be, s)
+    Perplexity.decoderModel d, (d :> IDisposable)

@@ -17,7 +17,7 @@ let tests =
             let batch : Calibration.CalibrationBatch =
                 { Tokens = Rand.ints 5 t.Config.Vocab (5 * 24); B = 5; T = 24; Source = "random"; Documents = 1; EvalSource = None
                   OverlappingDocuments = 0 }
-            use dt = new DeviceTeacher(be, t)
+            use dt = new DeviceDecoder(be, t)
             let whole = TeacherTrace.run dt batch [ 1; 2 ]
             // Windows of 2 chunks: 2 + 2 + 1, the last one shorter.
             let streamed = TeacherTrace.runStreamed dt batch [ 1; 2 ] 2
