@@ -26,6 +26,8 @@ type Args =
     | Keep_From of path: string
     | Init of strategy: string
     | [<Mandatory>] Calib_Text of path: string
+    | Calib_Tokens of n: int
+    | Calib_Dev_Tokens of n: int
     | Eval_Text of path: string
     | Allow_Overlap
     | [<Mandatory>] Out of dir: string
@@ -42,12 +44,14 @@ type Args =
             | Policy _ -> "kept-layer policy instead of --keep: uniform"
             | Keep_Fraction _ -> "fraction of layers kept by --policy (default 0.25)"
             | Keep_From _ -> "the kept layers of a `select-layers` file made for this teacher"
-            | Init _ -> "naive | zero-gate | taylor-init | alignment-only | taylor-calibrate (default taylor-calibrate)"
+            | Init _ -> "naive | zero-gate | taylor-init | alignment-only | taylor-calibrate | calibrate-plus (default taylor-calibrate)"
             | Calib_Text _ -> "calibration text (documents separated by <|endoftext|>)"
+            | Calib_Tokens _ -> "calibration tokens, a multiple of 256 (default 1024 for the published strategies, 16384 for calibrate-plus)"
+            | Calib_Dev_Tokens _ -> "held-out calibration tokens from the end of --calib-text for calibrate-plus's selection (default 4096)"
             | Eval_Text _ -> "evaluation text the calibration text must not overlap (checked by document)"
             | Allow_Overlap -> "accept calibration documents that also occur in --eval-text"
             | Out _ -> "output student directory"
-            | Steps _ -> "Phase 2 steps per layer (default 300)"
+            | Steps _ -> "alignment steps per layer (default 300; calibrate-plus: at most 600, early-stopped on held-out text)"
             | Seed _ -> "seed of the fresh gate parameters (default 0)"
             | Gqa_Expand _ -> "heads (default) | rows (the reference's row repeat)"
             | Device _ -> "auto | cpu | vulkan | vulkan:N | vulkan:NAME (default auto)"
@@ -61,12 +65,35 @@ type Prepared =
       Tokenizer: ITokenizer
       Kept: int list
       Batch: Calibration.CalibrationBatch
+      /// Held-out calibration text (calibrate-plus selects on it).
+      Dev: Calibration.CalibrationBatch option
       Expand: GqaExpand
-      EvalDocs: (string * string list) option }
+      EvalDocs: (string * string list) option
+      CalibDocs: string list
+      AllowOverlap: bool }
+
+/// Chunk length of the calibration batch (method.md §5.1).
+let calibChunk = Calibration.CalibrationOptions.defaults.Length
+
+/// The default calibration budget of a strategy: the paper's 4 × 256 for its five, more for calibrate-plus.
+let defaultCalibTokens = function Convert.InitStrategy.CalibratePlus -> 16384 | _ -> 1024
+
+/// Held-out calibration tokens of a strategy (only calibrate-plus uses them).
+let defaultDevTokens = function Convert.InitStrategy.CalibratePlus -> 4096 | _ -> 0
+
+/// Checks --calib-tokens.
+let checkCalibTokens (n: int) =
+    if n < calibChunk || n % calibChunk <> 0 then usageError $"--calib-tokens {n} must be a positive multiple of the chunk length {calibChunk}"
+
+/// Fit and dev batches of n calibration tokens with devTokens held out.
+let split (p: Prepared) (n: int) (devTokens: int) : Calibration.CalibrationSplit =
+    checkCalibTokens n
+    let opts = { Calibration.CalibrationOptions.defaults with Batch = n / calibChunk; AllowOverlap = p.AllowOverlap }
+    Calibration.buildSplit opts devTokens p.Tokenizer p.Batch.Source p.CalibDocs p.EvalDocs |> orFail
 
 /// Loads and validates the shared inputs (exit code 2 on any problem); `keepFrom` is a select-layers file.
 let prepareWith (keepFrom: string option) teacherPath (keep: string option) (policy: string option) (fraction: float option) calibText
-                (evalText: string option) allowOverlap (expand: string option) : Prepared =
+                (evalText: string option) allowOverlap (expand: string option) (calibTokens: int) (devTokens: int) : Prepared =
     let t = ModelFiles.loadTeacher teacherPath |> orFail
     // The gdn_v4 layer has no output bias (method.md §3): converting would silently drop the teacher's.
     if t.Config.OutputBias then
@@ -95,25 +122,29 @@ let prepareWith (keepFrom: string option) teacherPath (keep: string option) (pol
     let tok = ModelFiles.tokenizerFor teacherPath t.Config None |> orFail
     let calibDocs = Corpus.readDocuments calibText |> orFail
     let evalDocs = evalText |> Option.map (fun p -> p, Corpus.readDocuments p |> orFail)
-    let opts = { Calibration.CalibrationOptions.defaults with AllowOverlap = allowOverlap }
+    checkCalibTokens calibTokens
+    let opts = { Calibration.CalibrationOptions.defaults with Batch = calibTokens / calibChunk; AllowOverlap = allowOverlap }
     if opts.Length > t.Config.Context then usageError $"the calibration length {opts.Length} exceeds the teacher's context {t.Config.Context}"
-    let batch = Calibration.build opts tok calibText calibDocs evalDocs |> orFail
-    { Teacher = t; TeacherPath = teacherPath; TokenizerPath = tokPath; Tokenizer = tok; Kept = kept; Batch = batch
-      Expand = expand; EvalDocs = evalDocs }
+    let s = Calibration.buildSplit opts devTokens tok calibText calibDocs evalDocs |> orFail
+    { Teacher = t; TeacherPath = teacherPath; TokenizerPath = tokPath; Tokenizer = tok; Kept = kept; Batch = s.Fit; Dev = s.Dev
+      Expand = expand; EvalDocs = evalDocs; CalibDocs = calibDocs; AllowOverlap = allowOverlap }
 
 /// The settings a resumed run must share with the interrupted one.
 let private settingsText (p: Prepared) (strategy: Convert.InitStrategy) (steps: int) (seed: int) =
-    $"teacher={Path.GetFullPath p.TeacherPath}\nkept={p.Kept}\ninit={Convert.InitStrategy.name strategy}\nsteps={steps}\nseed={seed}\ngqa_expand={GqaExpand.name p.Expand}\ncalib={Path.GetFullPath p.Batch.Source}\n"
+    $"teacher={Path.GetFullPath p.TeacherPath}\nkept={p.Kept}\ninit={Convert.InitStrategy.name strategy}\nsteps={steps}\nseed={seed}\ngqa_expand={GqaExpand.name p.Expand}\ncalib={Path.GetFullPath p.Batch.Source}\ncalib_tokens={p.Batch.B * p.Batch.T}\ndev_tokens={p.Dev |> Option.map (fun d -> d.B * d.T) |> Option.defaultValue 0}\n"
+
+/// The Taylor diagnostic is O(T²) per chunk on the host: it runs on the paper's batch size at most.
+let private diagnosticChunks = 4
 
 /// prepareWith without a selection file.
-let prepare teacherPath keep policy fraction calibText evalText allowOverlap expand =
-    prepareWith None teacherPath keep policy fraction calibText evalText allowOverlap expand
+let prepare teacherPath keep policy fraction calibText evalText allowOverlap expand calibTokens devTokens =
+    prepareWith None teacherPath keep policy fraction calibText evalText allowOverlap expand calibTokens devTokens
 
 let run (args: ParseResults<Args>) =
     let strategy =
         let s = args.GetResult(Init, "taylor-calibrate")
-        Convert.InitStrategy.parse s |> Option.defaultWith (fun () -> usageError $"--init {s}: expected naive, zero-gate, taylor-init, alignment-only or taylor-calibrate")
-    let steps = args.GetResult(Steps, 300)
+        Convert.InitStrategy.parse s |> Option.defaultWith (fun () -> usageError $"--init {s}: expected naive, zero-gate, taylor-init, alignment-only, taylor-calibrate or calibrate-plus")
+    let steps = args.GetResult(Steps, (if strategy = Convert.InitStrategy.CalibratePlus then CalibratePlus.PlusOptions.defaults.Steps else 300))
     if steps < 1 then usageError $"--steps {steps} must be at least 1"
     let seed = args.GetResult(Seed, 0)
     let out = args.GetResult Out
@@ -121,6 +152,7 @@ let run (args: ParseResults<Args>) =
     let p =
         prepareWith (args.TryGetResult Keep_From) (args.GetResult Teacher) (args.TryGetResult Keep) (args.TryGetResult Policy) (args.TryGetResult Keep_Fraction)
                 (args.GetResult Calib_Text) (args.TryGetResult Eval_Text) (args.Contains Allow_Overlap) (args.TryGetResult Gqa_Expand)
+                (args.GetResult(Calib_Tokens, defaultCalibTokens strategy)) (args.GetResult(Calib_Dev_Tokens, defaultDevTokens strategy))
     let settings = settingsText p strategy steps seed
     if File.Exists out then usageError $"--out {out} is a file"
     if Directory.Exists out && Directory.EnumerateFileSystemEntries(out).GetEnumerator().MoveNext() then
@@ -145,25 +177,28 @@ let run (args: ParseResults<Args>) =
     let total = Stopwatch.StartNew()
     AnsiConsole.MarkupLine("[bold]convert[/] " + Markup.Escape $"{p.TeacherPath} -> {out}: init {Convert.InitStrategy.name strategy}, kept {p.Kept}, converted {converted}, GQA {GqaExpand.name p.Expand}, device {be.Name}")
     try
-        if Convert.InitStrategy.usesPhase2 strategy then AlignCheckpoint.writeRun out settings
+        if Convert.InitStrategy.aligns strategy then AlignCheckpoint.writeRun out settings
         let student, reports, taylor =
             AnsiConsole.Progress()
                 .AutoClear(false)
                 .Columns(TaskDescriptionColumn(), ProgressBarColumn(), PercentageColumn(), ElapsedTimeColumn())
                 .Start(fun ctx ->
                     let traceTask = ctx.AddTask("teacher trace", true, 1.0)
-                    let trace = timed "teacher_trace" (fun () -> TeacherTrace.run dt p.Batch converted)
+                    let trace, dev =
+                        timed "teacher_trace" (fun () ->
+                            TeacherTrace.runStreamed dt p.Batch converted TeacherTrace.windowChunks,
+                            p.Dev |> Option.map (fun d -> TeacherTrace.runStreamed dt d converted TeacherTrace.windowChunks))
                     traceTask.Value <- 1.0
                     let diagTask = ctx.AddTask("Taylor diagnostic", true, float converted.Length)
                     let taylor =
                         timed "taylor_diagnostic" (fun () ->
                             converted |> List.map (fun i ->
-                                let r = TaylorDiagnostic.run c p.Teacher.Weights.Layers[i] trace.Layers[i] trace.B trace.T
+                                let r = TaylorDiagnostic.run c p.Teacher.Weights.Layers[i] trace.Layers[i] (min trace.B diagnosticChunks) trace.T
                                 diagTask.Increment 1.0
                                 i, r) |> Map.ofList)
                     let layerTasks =
                         converted |> List.map (fun i ->
-                            i, ctx.AddTask($"layer {i}", true, (if Convert.InitStrategy.usesPhase2 strategy then float steps else 1.0))) |> Map.ofList
+                            i, ctx.AddTask($"layer {i}", true, (if Convert.InitStrategy.aligns strategy then float steps else 1.0))) |> Map.ofList
                     let hooks : Convert.Hooks =
                         { Resume = (fun i -> if resume then AlignCheckpoint.tryLoad out i else None)
                           LayerAligned = (fun i w r -> AlignCheckpoint.save out i w r)
@@ -172,8 +207,10 @@ let run (args: ParseResults<Args>) =
                               t.Value <- float s
                               t.Description <- $"layer {i} loss {loss:G4}")
                           LayerStarted = ignore }
-                    let o = { Convert.ConvertOptions.defaults strategy with Expand = p.Expand; Seed = seed; Align = { Align.AlignOptions.defaults with Steps = steps } }
-                    let student, reports = timed "convert" (fun () -> Convert.run be p.Teacher trace p.Kept o hooks cts.Token)
+                    let o = { Convert.ConvertOptions.defaults strategy with
+                                Expand = p.Expand; Seed = seed; Align = { Align.AlignOptions.defaults with Steps = steps }
+                                Plus = { CalibratePlus.PlusOptions.defaults with Steps = steps } }
+                    let student, reports = timed "convert" (fun () -> Convert.runWith be p.Teacher trace dev p.Kept o hooks cts.Token)
                     for KeyValue(_, t) in layerTasks do t.Value <- t.MaxValue
                     student, reports, taylor)
         timed "save" (fun () -> StudentIo.save out student (Some p.TokenizerPath))
