@@ -69,6 +69,10 @@ let prepare teacherPath (keep: string option) (policy: string option) (fraction:
     // The gdn_v4 layer has no output bias (method.md §3): converting would silently drop the teacher's.
     if t.Config.OutputBias then
         usageError $"--teacher {teacherPath}: its attention has an o_proj bias (attention_bias = true); the gdn_v4 student has none, so it cannot be built from this teacher"
+    // A non-finite weight would only surface as a NaN alignment loss deep in Phase 2; name where it is now.
+    match TeacherWeights.firstNonFinite t.Weights with
+    | Some(name, i, v) -> usageError $"--teacher {teacherPath}: tensor '{name}' holds {v} at flat index {i}; a teacher must have finite weights"
+    | None -> ()
     let L = t.Config.Layers
     let kept =
         match keep, policy with
@@ -76,7 +80,8 @@ let prepare teacherPath (keep: string option) (policy: string option) (fraction:
         | Some k, None -> LayerPolicy.parse "--keep" k |> orFail
         | None, Some "uniform" ->
             let f = defaultArg fraction 0.25
-            if f <= 0.0 || f >= 1.0 then usageError $"--keep-fraction {f} must lie in (0, 1)"
+            // Written so that NaN fails too.
+            if not (f > 0.0 && f < 1.0) then usageError $"--keep-fraction {f} must lie in (0, 1)"
             LayerPolicy.uniform L f
         | None, Some p -> usageError $"--policy {p}: supported policies: uniform"
         | None, None -> usageError "give the kept layers with --keep 0,3 or --policy uniform [--keep-fraction F]"
@@ -87,8 +92,11 @@ let prepare teacherPath (keep: string option) (policy: string option) (fraction:
         | Some e -> GqaExpand.parse e |> Option.defaultWith (fun () -> usageError $"--gqa-expand {e}: expected heads or rows")
     let tokPath = ModelFiles.tokenizerPathFor teacherPath t.Config.Vocab |> orFail
     let tok = ModelFiles.tokenizerFor teacherPath t.Config None |> orFail
-    let calibDocs = Corpus.readDocuments calibText |> orFail
-    let evalDocs = evalText |> Option.map (fun p -> p, Corpus.readDocuments p |> orFail)
+    let calibDocs = readText calibText
+    let evalDocs = evalText |> Option.map (fun p -> p, readText p)
+    // Recorded in the report too (calibration.overlap_checked = false).
+    if evalText.IsNone then
+        eprintfn "warning: no --eval-text, so the calibration text was not checked for documents shared with an evaluation text"
     let opts = { Calibration.CalibrationOptions.defaults with AllowOverlap = allowOverlap }
     if opts.Length > t.Config.Context then usageError $"the calibration length {opts.Length} exceeds the teacher's context {t.Config.Context}"
     let batch = Calibration.build opts tok calibText calibDocs evalDocs |> orFail
@@ -96,8 +104,13 @@ let prepare teacherPath (keep: string option) (policy: string option) (fraction:
       Expand = expand; EvalDocs = evalDocs }
 
 /// The settings a resumed run must share with the interrupted one.
+/// The calibration enters by its content (the SHA-256 of the batch's token ids) and shape, not only its path:
+/// an edited calibration file must not resume layers aligned on the old one.
 let private settingsText (p: Prepared) (strategy: Convert.InitStrategy) (steps: int) (seed: int) =
-    $"teacher={Path.GetFullPath p.TeacherPath}\nkept={p.Kept}\ninit={Convert.InitStrategy.name strategy}\nsteps={steps}\nseed={seed}\ngqa_expand={GqaExpand.name p.Expand}\ncalib={Path.GetFullPath p.Batch.Source}\n"
+    let tokensSha =
+        Security.Cryptography.SHA256.HashData(Runtime.InteropServices.MemoryMarshal.AsBytes(ReadOnlySpan p.Batch.Tokens))
+        |> System.Convert.ToHexString
+    $"teacher={Path.GetFullPath p.TeacherPath}\nkept={p.Kept}\ninit={Convert.InitStrategy.name strategy}\nsteps={steps}\nseed={seed}\ngqa_expand={GqaExpand.name p.Expand}\ncalib={Path.GetFullPath p.Batch.Source}\ncalib_batch={p.Batch.B}x{p.Batch.T}\ncalib_tokens_sha256={tokensSha.ToLowerInvariant()}\n"
 
 let run (args: ParseResults<Args>) =
     let strategy =
@@ -106,14 +119,16 @@ let run (args: ParseResults<Args>) =
     let steps = args.GetResult(Steps, 300)
     if steps < 1 then usageError $"--steps {steps} must be at least 1"
     let seed = args.GetResult(Seed, 0)
-    let out = args.GetResult Out
+    let out = args.GetResult Out |> nonEmptyPath "--out"
     let resume = args.Contains Resume
     let p =
         prepare (args.GetResult Teacher) (args.TryGetResult Keep) (args.TryGetResult Policy) (args.TryGetResult Keep_Fraction)
                 (args.GetResult Calib_Text) (args.TryGetResult Eval_Text) (args.Contains Allow_Overlap) (args.TryGetResult Gqa_Expand)
     let settings = settingsText p strategy steps seed
     if File.Exists out then usageError $"--out {out} is a file"
-    if Directory.Exists out && Directory.EnumerateFileSystemEntries(out).GetEnumerator().MoveNext() then
+    // Locked before anything is read from or written to it: a second writer fails here, naming the holder.
+    use _lock = DirectoryLock.acquire out "convert" |> Result.defaultWith (fun e -> usageError $"--out {e}")
+    if Directory.EnumerateFileSystemEntries(out) |> Seq.exists (DirectoryLock.isLockFile >> not) then
         match resume, AlignCheckpoint.readRun out with
         | false, _ -> usageError $"--out {out} exists and is not empty; choose another directory or pass --resume"
         | true, None -> usageError $"--resume: {out} holds no interrupted conversion (no align/run.json)"
@@ -123,9 +138,19 @@ let run (args: ParseResults<Args>) =
     let converted = [ 0 .. c.Layers - 1 ] |> List.except p.Kept
     use be = openDevice (args.TryGetResult Device)
     use dt = new DeviceDecoder(be, p.Teacher)
+    let restored =
+        if not resume then Map.empty else
+        match AlignCheckpoint.resumeFrom out converted with
+        | Error e -> usageError $"--resume: {e}"
+        | Ok(restored, warnings) ->
+            for w in warnings do eprintfn "warning: %s" w
+            let layers = restored |> Map.toList |> List.map fst
+            printfn "resuming %s: layers %s restored from %s" out (if layers.IsEmpty then "none" else String.Join(", ", layers)) (Path.Combine(out, "align"))
+            restored
     use cts = new CancellationTokenSource()
     let onCancel = ConsoleCancelEventHandler(fun _ e -> e.Cancel <- true; cts.Cancel())
     Console.CancelKeyPress.AddHandler onCancel
+    use _cancelHandler = { new IDisposable with member _.Dispose() = Console.CancelKeyPress.RemoveHandler onCancel }
     let timings = Collections.Generic.List<string * float>()
     let timed name f =
         let w = Stopwatch.StartNew()
@@ -153,9 +178,13 @@ let run (args: ParseResults<Args>) =
                                 i, r) |> Map.ofList)
                     let layerTasks =
                         converted |> List.map (fun i ->
-                            i, ctx.AddTask($"layer {i}", true, (if Convert.InitStrategy.usesPhase2 strategy then float steps else 1.0))) |> Map.ofList
+                            let t = ctx.AddTask($"layer {i}", true, (if Convert.InitStrategy.usesPhase2 strategy then float steps else 1.0))
+                            if restored.ContainsKey i then
+                                t.Description <- $"layer {i} restored"
+                                t.Value <- t.MaxValue
+                            i, t) |> Map.ofList
                     let hooks : Convert.Hooks =
-                        { Resume = (fun i -> if resume then AlignCheckpoint.tryLoad out i else None)
+                        { Resume = restored.TryFind
                           LayerAligned = (fun i w r -> AlignCheckpoint.save out i w r)
                           Step = (fun i s loss ->
                               let t = layerTasks[i]
@@ -177,8 +206,8 @@ let run (args: ParseResults<Args>) =
         AtomicFile.writeText (Path.Combine(out, "report.html")) (ReportHtml.convertPage report)
         for r in reports do
             let align = match r.Alignment with Some a -> $", alignment loss {a.Losses[0]:G4} -> {a.BestLoss:G4} (step {a.BestStep}, {a.Seconds:F1} s)" | None -> ""
-            printfn "layer %d: MSE %.4g, cosine %.4f%s" r.Layer r.Fit.Mse r.Fit.Cosine align
+            printfn "layer %d: MSE %.4g, cosine flattened %.4f, mean per-token %.4f%s" r.Layer r.Fit.Mse r.Fit.Cosine r.Fit.MeanTokenCosine align
         printfn "wrote %s (student, report.json, report.html) in %.1f s" out total.Elapsed.TotalSeconds
         0
-    finally
-        Console.CancelKeyPress.RemoveHandler onCancel
+    with :? OperationCanceledException ->
+        raise (Interrupted(if Convert.InitStrategy.usesPhase2 strategy then Some(commandLineWith "--resume") else None))
