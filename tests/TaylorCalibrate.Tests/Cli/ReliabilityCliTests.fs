@@ -116,10 +116,12 @@ let tests =
                 let first = CliRunner.run (convertArgs out [ "--keep"; "0"; "--steps"; "2" ])
                 Expect.equal first.ExitCode 0 $"first run: {first.Err}"
                 Expect.stringContains first.Err "warning: no --eval-text" "the skipped overlap check is said"
-                let report = Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(out, "report.json")))
-                Expect.isFalse (report["calibration"]["overlap_checked"].GetValue<bool>()) "and recorded"
-                let layer1 = report["layers"][0]
-                let flat, perToken = layer1["final_cosine_flattened"].GetValue<float>(), layer1["final_cosine_mean_per_token"].GetValue<float>()
+                let reportText = File.ReadAllText(Path.Combine(out, "report.json"))
+                let report = Text.Json.Nodes.JsonNode.Parse reportText
+                let overlapChecked = report.["calibration"].["overlap_checked"].GetValue<bool>()
+                Expect.isFalse overlapChecked "and recorded"
+                let layer1 = report.["layers"].[0]
+                let flat, perToken = layer1.["final_cosine_flattened"].GetValue<float>(), layer1.["final_cosine_mean_per_token"].GetValue<float>()
                 Expect.isTrue (flat > -1.0 && flat <= 1.0 && perToken > -1.0 && perToken <= 1.0) $"both cosines reported: {flat}, {perToken}"
                 Expect.notEqual flat perToken "two different figures"
                 let layer2 = Path.Combine(out, "align", "layer-2.safetensors")
@@ -155,7 +157,8 @@ let tests =
                     Directory.CreateDirectory s |> ignore
                     for f in Directory.GetFiles src do File.Copy(f, Path.Combine(s, Path.GetFileName f))
                     let cfg = Path.Combine(s, "config.json")
-                    let o = Text.Json.Nodes.JsonNode.Parse(File.ReadAllText cfg).AsObject()
+                    let cfgText = File.ReadAllText cfg
+                    let o = (Text.Json.Nodes.JsonNode.Parse cfgText).AsObject()
                     o[field] <- Text.Json.Nodes.JsonNode.Parse value
                     File.WriteAllText(cfg, o.ToJsonString())
                     expectRefused (CliRunner.run [ "inspect"; s ]) [ field; "config.json" ]
