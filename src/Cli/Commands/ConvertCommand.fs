@@ -94,9 +94,6 @@ let prepare teacherPath (keep: string option) (policy: string option) (fraction:
     let tok = ModelFiles.tokenizerFor teacherPath t.Config None |> orFail
     let calibDocs = readText calibText
     let evalDocs = evalText |> Option.map (fun p -> p, readText p)
-    // Recorded in the report too (calibration.overlap_checked = false).
-    if evalText.IsNone then
-        eprintfn "warning: no --eval-text, so the calibration text was not checked for documents shared with an evaluation text"
     let opts = { Calibration.CalibrationOptions.defaults with AllowOverlap = allowOverlap }
     if opts.Length > t.Config.Context then usageError $"the calibration length {opts.Length} exceeds the teacher's context {t.Config.Context}"
     let batch = Calibration.build opts tok calibText calibDocs evalDocs |> orFail
@@ -134,6 +131,9 @@ let run (args: ParseResults<Args>) =
         | true, None -> usageError $"--resume: {out} holds no interrupted conversion (no align/run.json)"
         | true, Some previous when previous <> settings -> usageError $"--resume: {out} was started with other settings:\n{previous}"
         | true, Some _ -> ()
+    // Said once the inputs are known good, and recorded in the report (calibration.overlap_checked = false).
+    if p.EvalDocs.IsNone then
+        eprintfn "warning: no --eval-text, so the calibration text was not checked for documents shared with an evaluation text"
     let c = p.Teacher.Config
     let converted = [ 0 .. c.Layers - 1 ] |> List.except p.Kept
     use be = openDevice (args.TryGetResult Device)
