@@ -1,4 +1,4 @@
-/// report.json of a conversion (issue 5 §3): per layer and head the mean distance, entropy, target decay,
+/// report.json of a conversion: per layer and head the mean distance, entropy, target decay,
 /// β target, σ, α, Taylor errors, alignment loss curve, final MSE and cosine; plus timings and provenance.
 /// Non-finite numbers (a first-order Taylor denominator of 0) are written as null.
 module TaylorCalibrate.Pipeline.Report.ConvertReport
