@@ -52,7 +52,7 @@ type LayerFit =
       /// Cosine similarity of the flattened (B·T·D) outputs: dominated by the tokens of largest norm.
       Cosine: float
       /// Mean over the B·T tokens of the cosine of each token's D-vector: the figure the reference reports,
-      /// not comparable with Cosine (docs/method.md).
+      /// not comparable with Cosine (docs/method.md §11f).
       MeanTokenCosine: float }
 
 /// Mean of the per-row cosines of two (rows, d) matrices, in f64.
