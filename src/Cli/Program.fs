@@ -82,6 +82,13 @@ let main argv =
         eprintfn "error: %s" e.Message
         if verbose then eprintfn "%O" e
         2
+    | Interrupted continueWith ->
+        eprintfn "interrupted"
+        continueWith |> Option.iter (eprintfn "continue with: %s")
+        130
+    | :? OperationCanceledException ->
+        eprintfn "interrupted"
+        130
     | e ->
         eprintfn "internal error: %s%s" e.Message (if verbose then "\n" + e.ToString() else " (run with --verbose for details)")
         1

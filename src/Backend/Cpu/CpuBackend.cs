@@ -1,7 +1,7 @@
 // The CPU backend: every op of IBackend in multi-threaded SIMD C#, synchronously on the caller's thread
 // (parallel inside). The ops live in partial-class files by family (CpuBackend.Gemm.cs, .Elementwise.cs,
 // .Norms.cs, .Embedding.cs, .Losses.cs, .Optim.cs, .Memory.cs; attention/GDN in .Sequence*.cs).
-// Maths of every op: docs/kernels.md (for now ../shared/spec/kernels.md).
+// Maths of every op: docs/kernels.md.
 using TaylorCalibrate.Backend.Cpu.Gemm;
 
 namespace TaylorCalibrate.Backend.Cpu;

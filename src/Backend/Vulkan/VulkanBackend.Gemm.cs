@@ -78,6 +78,7 @@ public sealed unsafe partial class VulkanBackend
         var va = F32(a, "a");
         var vb = F32(b, "b");
         var vc = F32(c, "c");
+        Check.That(!ReferenceEquals(vc, va) && !ReferenceEquals(vc, vb), "gemm: tensor 'c' must not be 'a' or 'b' (the product is computed in place)");
         Check.That(s.M >= 0 && s.N >= 0 && s.K >= 0 && s.Batch >= 1, $"GEMM sizes M={s.M} N={s.N} K={s.K} batch={s.Batch} must be non-negative (batch ≥ 1)");
         Check.That(s.LdaResolved >= (s.TransA ? s.M : s.K), $"GEMM lda {s.LdaResolved} < {(s.TransA ? "M" : "K")}");
         Check.That(s.LdbResolved >= (s.TransB ? s.K : s.N), $"GEMM ldb {s.LdbResolved} < {(s.TransB ? "K" : "N")}");

@@ -53,6 +53,7 @@ public sealed partial class VulkanBackend
         int rows = Check.Rows(vz, "logits", v);
         Check.That(vt.Count == rows, $"tensor 'targets' {vt.ShapeText} must have {rows} elements (one per row of logits)");
         Check.That(vl.Count == rows, $"tensor 'loss' {vl.ShapeText} must have {rows} elements (one per row of logits)");
+        CheckIds(vt, "targets", v, negativeOk: true, $"'logits' {vz.ShapeText}");
         var vd = dlogits is null ? null : F32(dlogits, "dlogits");
         if (vd is not null) Check.SameCount(vz, "logits", vd, "dlogits");
         if (rows == 0) return;

@@ -120,6 +120,37 @@ public sealed unsafe partial class VulkanBackend : IBackend
         var v = I32(t, "upload target");
         if (data.Length != v.Count) throw new ArgumentException($"upload of {data.Length} ids into tensor {v.ShapeText} ({v.Count} elements)");
         fixed (int* p = data) UploadBytes(v, (byte*)p);
+        v.KnownIdRange = RangeOf(data);
+    }
+
+    static (int Min, int Max) RangeOf(ReadOnlySpan<int> ids)
+    {
+        int min = int.MaxValue, max = int.MinValue;
+        foreach (var id in ids) { min = Math.Min(min, id); max = Math.Max(max, id); }
+        return (min, max);
+    }
+
+    /// <summary>
+    /// Throws, before any work of the calling op is queued, if an id of <paramref name="ids"/> lies outside
+    /// [0, <paramref name="hi"/>) (negative ids pass when <paramref name="negativeOk"/>).
+    /// Uses the host-known range when there is one, else downloads the ids (a synchronisation point).
+    /// </summary>
+    internal void CheckIds(VulkanTensor ids, string name, int hi, bool negativeOk, string against)
+    {
+        if (ids.Count == 0) return;
+        if (ids.KnownIdRange is not { } r)
+        {
+            var host = new int[ids.Count];
+            Download(ids, host);
+            r = RangeOf(host);
+            ids.KnownIdRange = r;
+        }
+        if ((negativeOk || r.Min >= 0) && r.Max < hi) return;
+        var all = new int[ids.Count];
+        Download(ids, all);
+        int at = Array.FindIndex(all, id => id >= hi || (!negativeOk && id < 0));
+        string range = negativeOk ? $"below {hi} (negative = ignored)" : $"in [0,{hi})";
+        throw new ArgumentException($"tensor '{name}' {ids.ShapeText} holds {all[at]} at position {at}, expected ids {range} of {against}");
     }
 
     void UploadBytes(VulkanTensor t, byte* src)
@@ -197,6 +228,7 @@ public sealed unsafe partial class VulkanBackend : IBackend
         var s = Own(src, "src", src.DType);
         var d = Own(dst, "dst", dst.DType);
         if (s.DType != d.DType) throw new ArgumentException($"copy from {s.DType} tensor 'src' to {d.DType} tensor 'dst'");
+        d.KnownIdRange = null;
         if (srcOffset < 0 || dstOffset < 0 || count < 0 || srcOffset + count > s.Count || dstOffset + count > d.Count)
             throw new ArgumentException($"copy of {count} elements from 'src' {s.ShapeText} at {srcOffset} to 'dst' {d.ShapeText} at {dstOffset} is out of range");
         if (count == 0) return;

@@ -98,6 +98,10 @@ let prepareWith (keepFrom: string option) teacherPath (keep: string option) (pol
     // The gdn_v4 layer has no output bias (method.md §3): converting would silently drop the teacher's.
     if t.Config.OutputBias then
         usageError $"--teacher {teacherPath}: its attention has an o_proj bias (attention_bias = true); the gdn_v4 student has none, so it cannot be built from this teacher"
+    // A non-finite weight would only surface as a NaN alignment loss deep in Phase 2; name where it is now.
+    match TeacherWeights.firstNonFinite t.Weights with
+    | Some(name, i, v) -> usageError $"--teacher {teacherPath}: tensor '{name}' holds {v} at flat index {i}; a teacher must have finite weights"
+    | None -> ()
     let L = t.Config.Layers
     let kept =
         match keep, policy, keepFrom with
@@ -109,7 +113,8 @@ let prepareWith (keepFrom: string option) teacherPath (keep: string option) (pol
         | Some k, None, None -> LayerPolicy.parse "--keep" k |> orFail
         | None, Some "uniform", None ->
             let f = defaultArg fraction 0.25
-            if f <= 0.0 || f >= 1.0 then usageError $"--keep-fraction {f} must lie in (0, 1)"
+            // Written so that NaN fails too.
+            if not (f > 0.0 && f < 1.0) then usageError $"--keep-fraction {f} must lie in (0, 1)"
             LayerPolicy.uniform L f
         | None, Some p, None -> usageError $"--policy {p}: supported policies: uniform (select-layers writes ar and ga-s2 files for --keep-from)"
         | None, None, None -> usageError "give the kept layers with --keep 0,3, --policy uniform [--keep-fraction F] or --keep-from FILE.json"
@@ -120,8 +125,8 @@ let prepareWith (keepFrom: string option) teacherPath (keep: string option) (pol
         | Some e -> GqaExpand.parse e |> Option.defaultWith (fun () -> usageError $"--gqa-expand {e}: expected heads or rows")
     let tokPath = ModelFiles.tokenizerPathFor teacherPath t.Config.Vocab |> orFail
     let tok = ModelFiles.tokenizerFor teacherPath t.Config None |> orFail
-    let calibDocs = Corpus.readDocuments calibText |> orFail
-    let evalDocs = evalText |> Option.map (fun p -> p, Corpus.readDocuments p |> orFail)
+    let calibDocs = readText calibText
+    let evalDocs = evalText |> Option.map (fun p -> p, readText p)
     checkCalibTokens calibTokens
     let opts = { Calibration.CalibrationOptions.defaults with Batch = calibTokens / calibChunk; AllowOverlap = allowOverlap }
     if opts.Length > t.Config.Context then usageError $"the calibration length {opts.Length} exceeds the teacher's context {t.Config.Context}"
@@ -130,8 +135,13 @@ let prepareWith (keepFrom: string option) teacherPath (keep: string option) (pol
       Expand = expand; EvalDocs = evalDocs; CalibDocs = calibDocs; AllowOverlap = allowOverlap }
 
 /// The settings a resumed run must share with the interrupted one.
+/// The calibration enters by its content (the SHA-256 of the batch's token ids) and shape, not only its path:
+/// an edited calibration file must not resume layers aligned on the old one.
 let private settingsText (p: Prepared) (strategy: Convert.InitStrategy) (steps: int) (seed: int) =
-    $"teacher={Path.GetFullPath p.TeacherPath}\nkept={p.Kept}\ninit={Convert.InitStrategy.name strategy}\nsteps={steps}\nseed={seed}\ngqa_expand={GqaExpand.name p.Expand}\ncalib={Path.GetFullPath p.Batch.Source}\ncalib_tokens={p.Batch.B * p.Batch.T}\ndev_tokens={p.Dev |> Option.map (fun d -> d.B * d.T) |> Option.defaultValue 0}\n"
+    let tokensSha =
+        Security.Cryptography.SHA256.HashData(Runtime.InteropServices.MemoryMarshal.AsBytes(ReadOnlySpan p.Batch.Tokens))
+        |> System.Convert.ToHexString
+    $"teacher={Path.GetFullPath p.TeacherPath}\nkept={p.Kept}\ninit={Convert.InitStrategy.name strategy}\nsteps={steps}\nseed={seed}\ngqa_expand={GqaExpand.name p.Expand}\ncalib={Path.GetFullPath p.Batch.Source}\ncalib_batch={p.Batch.B}x{p.Batch.T}\ncalib_tokens_sha256={tokensSha.ToLowerInvariant()}\ndev_tokens={p.Dev |> Option.map (fun d -> d.B * d.T) |> Option.defaultValue 0}\n"
 
 /// The Taylor diagnostic is O(T²) per chunk on the host: it runs on the paper's batch size at most.
 let private diagnosticChunks = 4
@@ -147,7 +157,7 @@ let run (args: ParseResults<Args>) =
     let steps = args.GetResult(Steps, (if strategy = Convert.InitStrategy.CalibratePlus then CalibratePlus.PlusOptions.defaults.Steps else 300))
     if steps < 1 then usageError $"--steps {steps} must be at least 1"
     let seed = args.GetResult(Seed, 0)
-    let out = args.GetResult Out
+    let out = args.GetResult Out |> nonEmptyPath "--out"
     let resume = args.Contains Resume
     let p =
         prepareWith (args.TryGetResult Keep_From) (args.GetResult Teacher) (args.TryGetResult Keep) (args.TryGetResult Policy) (args.TryGetResult Keep_Fraction)
@@ -155,19 +165,34 @@ let run (args: ParseResults<Args>) =
                 (args.GetResult(Calib_Tokens, defaultCalibTokens strategy)) (args.GetResult(Calib_Dev_Tokens, defaultDevTokens strategy))
     let settings = settingsText p strategy steps seed
     if File.Exists out then usageError $"--out {out} is a file"
-    if Directory.Exists out && Directory.EnumerateFileSystemEntries(out).GetEnumerator().MoveNext() then
+    // Locked before anything is read from or written to it: a second writer fails here, naming the holder.
+    use _lock = DirectoryLock.acquire out "convert" |> Result.defaultWith (fun e -> usageError $"--out {e}")
+    if Directory.EnumerateFileSystemEntries(out) |> Seq.exists (DirectoryLock.isLockFile >> not) then
         match resume, AlignCheckpoint.readRun out with
         | false, _ -> usageError $"--out {out} exists and is not empty; choose another directory or pass --resume"
         | true, None -> usageError $"--resume: {out} holds no interrupted conversion (no align/run.json)"
         | true, Some previous when previous <> settings -> usageError $"--resume: {out} was started with other settings:\n{previous}"
         | true, Some _ -> ()
+    // Said once the inputs are known good, and recorded in the report (calibration.overlap_checked = false).
+    if p.EvalDocs.IsNone then
+        eprintfn "warning: no --eval-text, so the calibration text was not checked for documents shared with an evaluation text"
     let c = p.Teacher.Config
     let converted = [ 0 .. c.Layers - 1 ] |> List.except p.Kept
     use be = openDevice (args.TryGetResult Device)
     use dt = new DeviceDecoder(be, p.Teacher)
+    let restored =
+        if not resume then Map.empty else
+        match AlignCheckpoint.resumeFrom out converted with
+        | Error e -> usageError $"--resume: {e}"
+        | Ok(restored, warnings) ->
+            for w in warnings do eprintfn "warning: %s" w
+            let layers = restored |> Map.toList |> List.map fst
+            printfn "resuming %s: layers %s restored from %s" out (if layers.IsEmpty then "none" else String.Join(", ", layers)) (Path.Combine(out, "align"))
+            restored
     use cts = new CancellationTokenSource()
     let onCancel = ConsoleCancelEventHandler(fun _ e -> e.Cancel <- true; cts.Cancel())
     Console.CancelKeyPress.AddHandler onCancel
+    use _cancelHandler = { new IDisposable with member _.Dispose() = Console.CancelKeyPress.RemoveHandler onCancel }
     let timings = Collections.Generic.List<string * float>()
     let timed name f =
         let w = Stopwatch.StartNew()
@@ -198,9 +223,13 @@ let run (args: ParseResults<Args>) =
                                 i, r) |> Map.ofList)
                     let layerTasks =
                         converted |> List.map (fun i ->
-                            i, ctx.AddTask($"layer {i}", true, (if Convert.InitStrategy.aligns strategy then float steps else 1.0))) |> Map.ofList
+                            let t = ctx.AddTask($"layer {i}", true, (if Convert.InitStrategy.aligns strategy then float steps else 1.0))
+                            if restored.ContainsKey i then
+                                t.Description <- $"layer {i} restored"
+                                t.Value <- t.MaxValue
+                            i, t) |> Map.ofList
                     let hooks : Convert.Hooks =
-                        { Resume = (fun i -> if resume then AlignCheckpoint.tryLoad out i else None)
+                        { Resume = restored.TryFind
                           LayerAligned = (fun i w r -> AlignCheckpoint.save out i w r)
                           Step = (fun i s loss ->
                               let t = layerTasks[i]
@@ -224,8 +253,8 @@ let run (args: ParseResults<Args>) =
         AtomicFile.writeText (Path.Combine(out, "report.html")) (ReportHtml.convertPage report)
         for r in reports do
             let align = match r.Alignment with Some a -> $", alignment loss {a.Losses[0]:G4} -> {a.BestLoss:G4} (step {a.BestStep}, {a.Seconds:F1} s)" | None -> ""
-            printfn "layer %d: MSE %.4g, cosine %.4f%s" r.Layer r.Fit.Mse r.Fit.Cosine align
+            printfn "layer %d: MSE %.4g, cosine flattened %.4f, mean per-token %.4f%s" r.Layer r.Fit.Mse r.Fit.Cosine r.Fit.MeanTokenCosine align
         printfn "wrote %s (student, report.json, report.html) in %.1f s" out total.Elapsed.TotalSeconds
         0
-    finally
-        Console.CancelKeyPress.RemoveHandler onCancel
+    with :? OperationCanceledException ->
+        raise (Interrupted(if Convert.InitStrategy.usesPhase2 strategy then Some(commandLineWith "--resume") else None))

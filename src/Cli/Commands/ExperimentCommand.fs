@@ -111,7 +111,7 @@ let private ablation (args: ParseResults<AblationArgs>) =
     let c = p.Teacher.Config
     let evalDocs = p.EvalDocs |> Option.map snd |> Option.defaultValue []
     let set = Perplexity.prepare evalText c (Corpus.tokenStream p.Tokenizer evalDocs) (args.TryGetResult Window) (args.TryGetResult Max_Tokens) |> orFail
-    let out = args.GetResult Out
+    let out = args.GetResult Out |> nonEmptyPath "--out"
     if File.Exists out then usageError $"--out {out} is a file"
     let converted = [ 0 .. c.Layers - 1 ] |> List.except p.Kept
     // Every (strategy, budget) pair, budgets validated before any work.

@@ -124,7 +124,7 @@ let private trainWithProgress be input opts resume (ct: CancellationToken) =
             TrainTeacher.run be input opts resume (Some progress) ct)
 
 let run (args: ParseResults<Args>) =
-    let out = args.GetResult Out
+    let out = args.GetResult Out |> nonEmptyPath "--out"
     let resume = args.Contains Resume
     TrainTeacher.checkOut out resume |> orFail
     let family = familyOf (args.GetResult Family)
@@ -169,7 +169,7 @@ let run (args: ParseResults<Args>) =
     // Held-out text: --eval-text, else the held-out split; never shared with training.
     let evalDocs =
         match args.TryGetResult Eval_Text, heldOut with
-        | Some p, _ -> Some(p, (Corpus.readDocuments p |> orFail))
+        | Some p, _ -> Some(p, (readText p))
         | None, Some docs -> Some("--hold-out-from", docs |> Array.map (fun d -> d.Text) |> List.ofArray)
         | None, None -> None
     evalDocs |> Option.iter (fun (what, docs) ->

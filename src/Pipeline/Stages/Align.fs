@@ -49,11 +49,30 @@ type AlignResult =
 /// How well a layer's output matches the teacher's.
 type LayerFit =
     { Mse: float
-      /// Cosine similarity of the flattened outputs.
-      Cosine: float }
+      /// Cosine similarity of the flattened (B·T·D) outputs: dominated by the tokens of largest norm.
+      Cosine: float
+      /// Mean over the B·T tokens of the cosine of each token's D-vector: the figure the reference reports,
+      /// not comparable with Cosine (docs/method.md §11f).
+      MeanTokenCosine: float }
 
-/// MSE and cosine between two flattened outputs.
-let fitOf (y: float32[]) (target: float32[]) =
+/// Mean of the per-row cosines of two (rows, d) matrices, in f64.
+let private meanRowCosine (d: int) (y: float32[]) (target: float32[]) =
+    let rows = y.Length / d
+    let mutable sum = 0.0
+    for r in 0 .. rows - 1 do
+        let mutable dot = 0.0
+        let mutable yy = 0.0
+        let mutable tt = 0.0
+        for j in r * d .. r * d + d - 1 do
+            let a, b = float y[j], float target[j]
+            dot <- dot + a * b
+            yy <- yy + a * a
+            tt <- tt + b * b
+        sum <- sum + dot / max (sqrt (yy * tt)) 1e-30
+    sum / float (max rows 1)
+
+/// MSE and both cosines between two (B·T, D) outputs.
+let fitOf (d: int) (y: float32[]) (target: float32[]) =
     let mutable se = 0.0
     let mutable dot = 0.0
     let mutable yy = 0.0
@@ -64,7 +83,7 @@ let fitOf (y: float32[]) (target: float32[]) =
         dot <- dot + a * b
         yy <- yy + a * a
         tt <- tt + b * b
-    { Mse = se / float y.Length; Cosine = dot / max (sqrt (yy * tt)) 1e-30 }
+    { Mse = se / float y.Length; Cosine = dot / max (sqrt (yy * tt)) 1e-30; MeanTokenCosine = meanRowCosine d y target }
 
 /// The layer's output (B, T, D) on its traced input.
 let layerOutput (be: IBackend) (c: ModelConfig) (trace: LayerTrace) (B: int) (T: int) (w: GdnWeights) : float32[] =
@@ -79,7 +98,7 @@ let layerOutput (be: IBackend) (c: ModelConfig) (trace: LayerTrace) (B: int) (T:
 
 /// MSE and cosine of the layer against the teacher output.
 let fit (be: IBackend) (c: ModelConfig) (trace: LayerTrace) (B: int) (T: int) (w: GdnWeights) =
-    fitOf (layerOutput be c trace B T w) trace.Output
+    fitOf c.Dim (layerOutput be c trace B T w) trace.Output
 
 /// Aligns one layer; `onStep step loss` reports progress. Cancellation stops between steps (throws).
 let alignLayer (o: AlignOptions) (be: IBackend) (c: ModelConfig) (trace: LayerTrace) (B: int) (T: int) (w: GdnWeights)

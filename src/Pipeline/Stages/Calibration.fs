@@ -42,7 +42,7 @@ let build (opts: CalibrationOptions) (tok: ITokenizer) (source: string) (calibDo
     let shared = match eval with Some(_, docs) -> overlap calibDocs docs | None -> 0
     let need = opts.Batch * opts.Length
     if opts.Batch <= 0 || opts.Length <= 1 then
-        Error(InvalidOption("--calib-batch", $"a {opts.Batch} x {opts.Length} calibration batch is empty"))
+        Error(InvalidOption("calibration batch", $"{opts.Batch} x {opts.Length} tokens is empty; it needs at least 1 row of 2 tokens"))
     elif shared > 0 && not opts.AllowOverlap then
         let evalName = eval |> Option.map fst |> Option.defaultValue "?"
         Error(InvalidOption("--calib-text", $"{source}: {shared} of its {calibDocs.Length} documents also occur in the evaluation text {evalName}; calibrate on disjoint text (method.md §11b) or pass --allow-overlap"))

@@ -31,5 +31,6 @@ let validate (option: string) (layers: int) (kept: int list) : Result<int list, 
 let parse (option: string) (text: string) : Result<int list, InputError> =
     let parts = text.Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries)
     let parsed = parts |> Array.map (fun p -> match Int32.TryParse p with | true, v -> Some v | _ -> None)
-    if parsed |> Array.exists Option.isNone then Error(InvalidOption(option, $"'{text}' is not a comma-separated list of layer indices"))
+    if parsed.Length = 0 then Error(InvalidOption(option, $"'{text}' names no layer; give the indices of the kept layers, e.g. 0,3"))
+    elif parsed |> Array.exists Option.isNone then Error(InvalidOption(option, $"'{text}' is not a comma-separated list of layer indices"))
     else Ok(parsed |> Array.choose id |> List.ofArray)

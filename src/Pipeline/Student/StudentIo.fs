@@ -142,6 +142,19 @@ let readConfig (dir: string) : Result<ModelConfig * int list * GqaExpand * strin
         | Ok mt, _, _ when mt <> "student" -> Error(UnsupportedModelType(path, mt, [ "student" ]))
         | _, Ok sn, _ when sn <> "gdn_v4" -> Error(InvalidConfigField(path, "student_name", $"is '{sn}'; supported: gdn_v4"))
         | Ok _, Ok _, Ok teacherType ->
+        // Variants of the GDN layer this student does not implement: refused, since ignoring them would run a
+        // different model than the file describes.
+        let unsupported =
+            [ "expand_v", (fun (n: JsonNode) -> n.GetValue<double>() <> 1.0), "must be 1 (no value expansion is implemented)"
+              "use_short_conv", (fun n -> n.GetValue<bool>()), "must be false (the short convolution is not implemented)"
+              "use_gate", (fun n -> not (n.GetValue<bool>())), "must be true (the output gate is always applied)" ]
+            |> List.tryPick (fun (name, bad, why) ->
+                match o[name] with
+                | null -> None
+                | n -> if bad n then Some(InvalidConfigField(path, name, why)) else None)
+        match unsupported with
+        | Some e -> Error e
+        | None ->
         o["model_type"] <- JsonValue.Create teacherType
         use doc = JsonDocument.Parse(o.ToJsonString())
         match HfConfig.parse path doc.RootElement with

@@ -27,6 +27,31 @@ let readDocuments (path: string) : Result<string list, InputError> =
         else Ok [ for f in files do yield! documents (File.ReadAllText f) ]
     else Error(FileNotFound path)
 
+/// Where the bytes of a text stop being plain UTF-8 text: the offset of the first invalid UTF-8 sequence
+/// or NUL byte (binary data), with what was found there; None for clean text.
+let textProblemIn (bytes: byte[]) : (int64 * string) option =
+    let nul = Array.IndexOf(bytes, 0uy)
+    let chars = Array.zeroCreate<char> bytes.Length
+    let mutable read = 0
+    let mutable written = 0
+    let status = Text.Unicode.Utf8.ToUtf16(ReadOnlySpan bytes, Span chars, &read, &written, false, true)
+    let invalid = if status = Buffers.OperationStatus.InvalidData then read else -1
+    match invalid, nul with
+    | i, n when i >= 0 && (n < 0 || i < n) -> Some(int64 i, "invalid UTF-8")
+    | _, n when n >= 0 -> Some(int64 n, "a NUL byte (binary data?)")
+    | _ -> None
+
+/// The first text problem (see textProblemIn) of a file, or of the `*.txt` files under a directory, as one
+/// warning line naming the file and the byte offset; None for clean text or a missing path.
+let textWarning (path: string) : string option =
+    let files =
+        if File.Exists path then [| path |]
+        elif Directory.Exists path then Directory.GetFiles(path, "*.txt", SearchOption.AllDirectories) |> Array.sortWith (fun a b -> String.CompareOrdinal(a, b))
+        else [||]
+    files |> Array.tryPick (fun f ->
+        textProblemIn (File.ReadAllBytes f)
+        |> Option.map (fun (offset, what) -> $"{f}: {what} at byte offset {offset}; read with replacement characters, results may be meaningless"))
+
 /// How far the encoding of a corpus has got (characters of the documents, ids produced).
 type EncodeProgress = { CharsDone: int64; Chars: int64; Tokens: int }
 

@@ -128,4 +128,12 @@ let tests =
                         use a = be.FromInts(Array.zeroCreate 35, 7, 5)
                         use b = be.FromArray(data 65, 5, 13)
                         use c = be.FromArray(data 91, 7, 13)
-                        Backends.expectArgumentError "a" "" (fun () -> be.Gemm(a, b, c, spec)) "Gemm" } ] ] ]
+                        Backends.expectArgumentError "a" "" (fun () -> be.Gemm(a, b, c, spec)) "Gemm" }
+                    // The same contract on every backend: C is written while A and B are read.
+                    test "C aliasing A or B names 'c'" {
+                        let be = h.Get()
+                        use x = be.FromArray(data 64, 8, 8)
+                        use y = be.FromArray(data 64, 8, 8)
+                        let square = GemmSpec(8, 8, 8)
+                        Backends.expectArgumentError "c" "" (fun () -> be.Gemm(x, y, x, square)) "Gemm c = a"
+                        Backends.expectArgumentError "c" "" (fun () -> be.Gemm(x, y, y, square)) "Gemm c = b" } ] ] ]

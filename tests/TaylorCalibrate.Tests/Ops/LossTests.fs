@@ -164,6 +164,15 @@ let private errorTests (h: Backends.BackendHandle) =
           use t = be.FromInts([| 0; 1; 2; 3 |], 4)
           use loss = make be [| 3 |]
           Backends.expectArgumentError "targets" "[4]" (fun () -> be.CrossEntropy(z, t, loss, null, 1.0f)) "CrossEntropy" }
+      // One behaviour on every backend (IBackend.CrossEntropy): a target ≥ V is an input error raised before
+      // any work is queued (loss keeps its old contents); negative targets stay "ignored".
+      test "CrossEntropy with a target = V names 'targets' and leaves loss untouched" {
+          let be = h.Get()
+          use z = make be [| 3; 7 |]
+          use t = be.FromInts([| 0; 7; -1 |], 3)
+          use loss = be.FromArray(garbage 3, 3)
+          Backends.expectArgumentError "targets" "" (fun () -> be.CrossEntropy(z, t, loss, null, 1.0f)) "CrossEntropy"
+          Expect.equal (loss.ToArray()) (garbage 3) "loss untouched" }
       test "CrossEntropy with F32 targets names 'targets'" {
           let be = h.Get()
           use z = make be [| 3; 7 |]

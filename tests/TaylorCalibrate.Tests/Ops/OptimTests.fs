@@ -66,6 +66,16 @@ let private reduceTests (h: Backends.BackendHandle) =
             test $"{op} n={n}" {
                 let x = Rand.normal n 1.0 n |> Array.map (fun v -> v + 0.3f)
                 expectReduce op x (runReduce (h.Get()) op x) }
+      // One behaviour on every backend (IBackend.Reduce): the empty sums are 0, the empty mean is NaN (0/0).
+      for op in [ ReduceOp.Sum; ReduceOp.SumOfSquares; ReduceOp.Mean ] do
+          yield test $"{op} of an empty tensor" {
+              let be = h.Get()
+              use tx = be.Allocate [| 0 |]
+              use r = be.FromArray([| 777.0f |], 1)
+              be.Reduce(op, tx, r)
+              let got = r.ToArray()[0]
+              if op = ReduceOp.Mean then Expect.isTrue (System.Single.IsNaN got) $"mean of nothing is NaN, got {got}"
+              else Expect.equal got 0.0f "sum of nothing" }
       yield test "MaxAbs of an empty tensor is 0" {
           let be = h.Get()
           use tx = be.Allocate [| 0 |]

@@ -21,7 +21,7 @@ let private layer (i: int) (aligned: bool) : ConvertReport.LayerEntry =
           Alignment =
             if aligned then Some { Layer = i; Losses = [| 1.0; 0.5; nan; 0.125; 0.1 |]; BestLoss = 0.1; BestStep = 4; GradNorms = [| 1.0; 1.0; 1.0; 1.0 |]; Seconds = 1.0 }
             else None
-          Fit = { Mse = 0.1; Cosine = 0.99 }
+          Fit = { Mse = 0.1; Cosine = 0.99; MeanTokenCosine = 0.98 }
           Seconds = 2.0 }
       // A first-order error of +inf (denominator 0) must not break the log-scale chart.
       Taylor = Some { FirstOrder = [| 0.05; infinity |]; SecondOrder = [| 0.01; 0.002 |]; NonPositiveFirstOrder = [||] } }

@@ -29,6 +29,27 @@ let run (args: string list) : CliResult =
     p.WaitForExit()
     { ExitCode = p.ExitCode; Out = out.Result; Err = err.Result }
 
+[<System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)>]
+extern int private sysKill(int pid, int signal)
+
+/// Runs `taylor-calibrate args`, sends it SIGINT (what Ctrl-C sends) once `ready ()` holds (polled every
+/// 100 ms, at most `timeoutSeconds`), and waits for it to stop. Unix only.
+let runInterrupted (args: string list) (ready: unit -> bool) (timeoutSeconds: float) : CliResult =
+    if not (File.Exists cliDll) then failwithf "CLI not built next to the tests: %s" cliDll
+    let exe, argv = if selfContained then cliApphost, args else "dotnet", cliDll :: args
+    let psi = ProcessStartInfo(exe, argv, UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true)
+    psi.Environment["DOTNET_NOLOGO"] <- "1"
+    use p = Process.Start psi
+    let out = p.StandardOutput.ReadToEndAsync()
+    let err = p.StandardError.ReadToEndAsync()
+    let sw = Stopwatch.StartNew()
+    while not p.HasExited && not (ready ()) && sw.Elapsed.TotalSeconds < timeoutSeconds do
+        Threading.Thread.Sleep 100
+    if not p.HasExited then sysKill(p.Id, 2) |> ignore // SIGINT
+    if not (p.WaitForExit 120_000) then p.Kill true
+    p.WaitForExit()
+    { ExitCode = p.ExitCode; Out = out.Result; Err = err.Result }
+
 /// A fresh temporary folder.
 let tempDir () =
     let d = Path.Combine(Path.GetTempPath(), "tc-cli-" + Guid.NewGuid().ToString "N")

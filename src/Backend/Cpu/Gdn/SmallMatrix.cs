@@ -2,7 +2,7 @@
 // kernels.md §3.2–3.3, and the tile products of flash attention, §2). Operands are at most a few hundred
 // rows and columns and live in L1/L2, so a register-blocked 4×16 micro-kernel over Vector256 is enough
 // (8×32 over Vector512 on AVX-512 processors, SmallMatrix.Wide.cs);
-// the big-matrix GEMM of the backend (Cpu GEMM, issue 2) is not used here because these tiles are strided
+// the big-matrix GEMM of the backend (Cpu/Gemm) is not used here because these tiles are strided
 // views into per-head buffers and are far too small to amortise packing.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
