@@ -19,11 +19,8 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Logits of ParseResults<LogitsCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Convert of ParseResults<ConvertCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Experiment of ParseResults<ExperimentCommand.Args>
-<<<<<<< HEAD
     | [<CliPrefix(CliPrefix.None); CustomCommandLine("train-teacher")>] Train_Teacher of ParseResults<TrainTeacherCommand.Args>
-=======
     | [<CliPrefix(CliPrefix.None)>] Distill of ParseResults<DistillCommand.Args>
->>>>>>> distill
     | [<AltCommandLine("-v")>] Verbose
     interface IArgParserTemplate with
         member c.Usage =
@@ -37,11 +34,8 @@ type Command =
             | Generate _ -> "continue a prompt (greedy at --temperature 0) for quick sanity checks"
             | Logits _ -> "write the logits of one forward pass to safetensors (cross-checking)"
             | Convert _ -> "convert a teacher into a calibrated hybrid GDN student directory (+ report.json, report.html)"
-<<<<<<< HEAD
             | Train_Teacher _ -> "train a Llama/Qwen2/Qwen3 decoder from scratch on text; writes a Hugging Face directory"
-=======
             | Distill _ -> "distil a student against its teacher: --stage 1 (per layer) or 2 (end-to-end KL), checkpoints, learning curve"
->>>>>>> distill
             | Experiment _ -> "experiments: `experiment ablation` (zero-shot PPL of the five init strategies)"
             | Verbose -> "print stack traces of errors"
 
@@ -57,11 +51,8 @@ let private dispatch (results: ParseResults<Command>) =
     | Logits a -> LogitsCommand.run a
     | Convert a -> ConvertCommand.run a
     | Experiment a -> ExperimentCommand.run a
-<<<<<<< HEAD
     | Train_Teacher a -> TrainTeacherCommand.run a
-=======
     | Distill a -> DistillCommand.run a
->>>>>>> distill
     | Verbose -> usageError "no command given; see --help"
 
 [<EntryPoint>]
