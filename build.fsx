@@ -125,7 +125,7 @@ let teacherArgs =
         name,
         [ "train-teacher"; "--family"; family; "--layers"; "6"; "--hidden"; "64"; "--heads"; "4"; "--kv-heads"; "2"
           "--ffn"; "192"; "--bpe-vocab"; "512"; "--train-text"; Path.Combine(root, "corpora", "sotu", "package", "data")
-          "--hold-out-from"; "2000"; "--tokens"; "262144"; "--seq-len"; "128"; "--batch"; "8"; "--lr"; "3e-3"; "--seed"; "0" ])
+          "--hold-out-from"; "2000"; "--tokens"; "262144"; "--seq-len"; "256"; "--batch"; "4"; "--lr"; "3e-3"; "--seed"; "0" ])
 
 let heldOutPpl (dir: string) =
     let m = Regex.Match(File.ReadAllText(Path.Combine(dir, "train-teacher.json")), "\"held_out_perplexity\":\\s*([0-9.eE+-]+)")

@@ -54,7 +54,7 @@ type Args =
             | Steps _ -> "alignment steps per layer (default 300, the method's)"
             | Distill_Tokens _ -> "Stage-2 training tokens per student (default 49152)"
             | Checkpoint_Every _ -> "tokens between Stage-2 checkpoints and held-out evaluations (default 6144)"
-            | Seq_Len _ -> "Stage-2 tokens per row (default 128, the built-in teacher's context)"
+            | Seq_Len _ -> "Stage-2 tokens per row (default 256, the built-in teacher's context)"
             | Lr_Attn _ -> "Stage-2 rate of the attention/GDN parameters (default 1e-3; the same for both students)"
             | Lr_Rest _ -> "Stage-2 rate of the other parameters (default 1e-4; the same for both students)"
             | Max_Eval_Tokens _ -> "evaluate on the first N tokens of the held-out text (default 16384)"
@@ -197,7 +197,7 @@ let run (args: ParseResults<Args>) =
             let dir = Path.Combine(out, $"{name}-stage2")
             let argv =
                 [ "--stage"; "2"; "--student"; student; "--teacher"; teacher; "--train-text"; train; "--tokens"; string distillTokens
-                  "--seq-len"; string (args.GetResult(Seq_Len, 128)); "--checkpoint-every"; string (args.GetResult(Checkpoint_Every, 6144L))
+                  "--seq-len"; string (args.GetResult(Seq_Len, 256)); "--checkpoint-every"; string (args.GetResult(Checkpoint_Every, 6144L))
                   "--eval-text"; evalText; "--eval-max-tokens"; string maxTokens; "--lr-attn"; string lrAttn; "--lr-rest"; string lrRest
                   "--out"; dir ] @ dev
             DistillCommand.run (parse<DistillCommand.Args> argv) |> requireOk $"distilling ({name})"
