@@ -59,7 +59,8 @@ public sealed unsafe partial class VulkanBackend
     /// <summary>The GEMM kernel in use (settable for tests of both variants on one device).</summary>
     internal GemmKernel GemmVariant { get; set; }
 
-    GemmKernel ChooseGemm()
+    /// <summary>The GEMM kernel for a tuning (TC_VULKAN_GEMM overrides).</summary>
+    internal GemmKernel ChooseGemm(KernelTuning tuning)
     {
         switch (Environment.GetEnvironmentVariable("TC_VULKAN_GEMM"))
         {
@@ -67,8 +68,8 @@ public sealed unsafe partial class VulkanBackend
             case "tiled": return GemmKernel.Tiled;
         }
         // The register kernel needs workgroup == one subgroup, which only a fixed subgroup size guarantees;
-        // CPU drivers (lavapipe 8, SwiftShader 4) have one. GPUs get the shared-memory tiles.
-        return ctx.IsCpu && ctx.SubgroupBallot && ctx.SubgroupSize <= 64 ? GemmKernel.Registers : GemmKernel.Tiled;
+        // CPU drivers (lavapipe 8, SwiftShader 4) have one. GPUs (and TC_VULKAN_KERNELS=gpu) get the tiles.
+        return tuning.Class == KernelClass.CpuDriver && ctx.SubgroupBallot && ctx.SubgroupSize <= 64 ? GemmKernel.Registers : GemmKernel.Tiled;
     }
 
     /// <inheritdoc />

@@ -34,7 +34,8 @@ public sealed unsafe partial class VulkanBackend : IBackend
             pipes = new Pipelines(ctx);
             dummy = mem.Device.Create(16);
             rec = new CommandRecorder(ctx, pipes, dummy);
-            GemmVariant = ChooseGemm();
+            Tuning = KernelTuning.For(ctx.Properties.DeviceType, ctx.Properties.VendorID, ctx.SubgroupSize);
+            GemmVariant = ChooseGemm(Tuning);
         }
         catch
         {
@@ -52,6 +53,10 @@ public sealed unsafe partial class VulkanBackend : IBackend
     public DeviceInfo Info => ctx.Info;
 
     internal VulkanContext Context => ctx;
+
+    /// <summary>The attention and chunked-GDN kernel variants and their tile sizes (KernelClass.cs); settable
+    /// for tests of the GPU variants on lavapipe.</summary>
+    internal KernelTuning Tuning { get; set; }
     internal CommandRecorder Recorder => rec;
 
     /// <summary>Largest byte range one kernel binding may cover: maxStorageBufferRange, or less for tests of

@@ -23,9 +23,10 @@ type AttentionParams =
 type AttentionSaved =
     { /// (B, T, D) the sublayer input.
       X: Tensor
-      /// (B, T, H, hd), (B, T, Hkv, hd) q and k as projected, before the q/k norm (Qwen3 only).
-      QPre: NormSaved option
-      KPre: NormSaved option
+      /// (B, T, H, hd), (B, T, Hkv, hd) q and k as projected, before the q/k norm, with the norm's r
+      /// (N·H), (N·Hkv) (Qwen3 only).
+      QPre: (Tensor * Tensor) option
+      KPre: (Tensor * Tensor) option
       /// (B, T, H, hd), (B, T, Hkv, hd), (B, T, Hkv, hd) after RoPE: the kernel's inputs.
       Q: Tensor
       K: Tensor
@@ -83,7 +84,7 @@ module Attention =
             be.RmsNorm(pre, w, normed, rstd, float32 c.NormEps)
             let y = arena.Alloc shape
             be.Rope(normed, cos, sin, y, c.RopeLayout, false)
-            y, Some { X = pre; Y = normed; Rstd = rstd }
+            y, Some(pre, rstd)
 
     /// out (B, T, D) = the sublayer on x (B, T, D), RoPE tables cos, sin (T, hd/2); per-head statistics
     /// into stats (B, H, 2) when given.
@@ -114,11 +115,11 @@ module Attention =
         // RoPE is a rotation: its reverse is the inverse rotation, in place.
         be.Rope(dq, s.Cos, s.Sin, dq, c.RopeLayout, true)
         be.Rope(dk, s.Cos, s.Sin, dk, c.RopeLayout, true)
-        let throughNorm (norm: Tensor option) (saved: NormSaved option) (d: Tensor) (key: string) =
+        let throughNorm (norm: Tensor option) (saved: (Tensor * Tensor) option) (d: Tensor) (key: string) =
             match norm, saved with
-            | Some w, Some n ->
+            | Some w, Some(pre, rstd) ->
                 let dpre = scratch.Get("attn.dpre." + key, d.Shape)
-                RmsNorm.backward be scratch grads w n d dpre
+                RmsNorm.backwardOf be scratch grads w pre rstd d dpre
                 dpre
             | _ -> d
         let dqPre = throughNorm p.QNorm s.QPre dq "q"

@@ -31,6 +31,10 @@ module RmsNorm =
             be.Fill(sink, 0f)
             sink
 
+    /// dx (written) from dy, given the forward's input x and r; dw accumulated when w is trained.
+    let backwardOf (be: IBackend) (scratch: Scratch) (grads: Grads) (w: Tensor) (x: Tensor) (rstd: Tensor) (dy: Tensor) (dx: Tensor) =
+        be.RmsNormBackward(dy, x, w, rstd, dx, weightGradOrSink be scratch grads w)
+
     /// dx (written) from dy; dw accumulated when w is trained.
     let backward (be: IBackend) (scratch: Scratch) (grads: Grads) (w: Tensor) (s: NormSaved) (dy: Tensor) (dx: Tensor) =
-        be.RmsNormBackward(dy, s.X, w, s.Rstd, dx, weightGradOrSink be scratch grads w)
+        backwardOf be scratch grads w s.X s.Rstd dy dx

@@ -21,7 +21,7 @@ type Model =
       Weights: Map<string, float[]> }
 
 /// y (rows, out) = x (rows, in)·Wᵀ + b.
-let private linear (x: float[]) (w: float[]) (b: float[] option) (outDim: int) =
+let linear (x: float[]) (w: float[]) (b: float[] option) (outDim: int) =
     let inDim = w.Length / outDim
     let rows = x.Length / inDim
     Array.init (rows * outDim) (fun i ->
@@ -30,7 +30,7 @@ let private linear (x: float[]) (w: float[]) (b: float[] option) (outDim: int) =
         for j in 0 .. inDim - 1 do s <- s + x[r * inDim + j] * w[o * inDim + j]
         s)
 
-let private norm (x: float[]) (w: float[]) (eps: float) = fst (Norm.rmsNorm x w eps)
+let norm (x: float[]) (w: float[]) (eps: float) = fst (Norm.rmsNorm x w eps)
 
 /// RoPE of x (B, T, heads, hd) at positions t.
 let private rope (c: ModelConfig) (B: int) (T: int) (heads: int) (x: float[]) =
@@ -48,7 +48,8 @@ let private rope (c: ModelConfig) (B: int) (T: int) (heads: int) (x: float[]) =
                     y[o + e] <- x[o + e] * cos ang + x[o + a] * sin ang
     y
 
-let private softmaxMixer (m: Model) (p: string) (xn: float[]) (B: int) (T: int) =
+/// The softmax-attention sublayer of the layer whose names start with p, on xn (B, T, D).
+let softmaxMixer (m: Model) (p: string) (xn: float[]) (B: int) (T: int) =
     let c = m.Config
     let w n = m.Weights[p + n]
     let opt n = m.Weights.TryFind(p + n)
@@ -66,7 +67,8 @@ let private softmaxMixer (m: Model) (p: string) (xn: float[]) (B: int) (T: int) 
             { B = B; T = T; H = c.Heads; Hkv = c.KvHeads; D = c.HeadDim; Q = q; K = k; V = v; Scale = c.AttentionScale }
     linear o.O (w "o_proj.weight") (opt "o_proj.bias") c.Dim
 
-let private gdnMixer (m: Model) (p: string) (xn: float[]) (B: int) (T: int) =
+/// The gdn_v4 sublayer of the layer whose names start with p, on xn (B, T, D).
+let gdnMixer (m: Model) (p: string) (xn: float[]) (B: int) (T: int) =
     let c = m.Config
     let H, hd = c.Heads, c.HeadDim
     let w n = m.Weights[p + n]

@@ -10,11 +10,18 @@ open System.IO
 type CliResult = { ExitCode: int; Out: string; Err: string }
 
 let private cliDll = Path.Combine(AppContext.BaseDirectory, "taylor-calibrate.dll")
+let private cliApphost = Path.Combine(AppContext.BaseDirectory, "taylor-calibrate")
+
+/// A self-contained publish (tools/gpu-prepare.sh) carries the runtime beside the tests and is run where no
+/// `dotnet` exists: there the CLI starts through its apphost. A framework-dependent build uses `dotnet`.
+let private selfContained =
+    File.Exists cliApphost && File.Exists(Path.Combine(AppContext.BaseDirectory, "libcoreclr.so"))
 
 /// Runs `taylor-calibrate args` and waits for it.
 let run (args: string list) : CliResult =
     if not (File.Exists cliDll) then failwithf "CLI not built next to the tests: %s" cliDll
-    let psi = ProcessStartInfo("dotnet", cliDll :: args, UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true)
+    let exe, argv = if selfContained then cliApphost, args else "dotnet", cliDll :: args
+    let psi = ProcessStartInfo(exe, argv, UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true)
     psi.Environment["DOTNET_NOLOGO"] <- "1"
     use p = Process.Start psi
     let out = p.StandardOutput.ReadToEndAsync()
