@@ -88,6 +88,7 @@ let run (args: ParseResults<Args>) =
     AnsiConsole.MarkupLine(
         "[bold]distill[/] " + Markup.Escape $"stage {n}: {sources.StudentDir} against {sources.TeacherPath} -> {out}; {inputs.Train.Tokens} training tokens in {inputs.Train.Documents} documents, device {be.Name}")
     try
+      try
         let result =
             AnsiConsole.Progress()
                 .AutoClear(false)
@@ -119,5 +120,8 @@ let run (args: ParseResults<Args>) =
                 (result.TokensPerSecond * result.FlopsPerToken / 1e9) result.FlopsPerToken
         printfn "wrote %s (student, checkpoints/, curve.json, curve.svg, distill.json)" out
         0
+      with :? OperationCanceledException ->
+        eprintfn "interrupted; continue from the last checkpoint with the same options and --resume"
+        130
     finally
         Console.CancelKeyPress.RemoveHandler onCancel

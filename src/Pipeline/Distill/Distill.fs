@@ -182,7 +182,20 @@ let run (be: IBackend) (inputs: DistillInputs.Inputs) (o: DistillOptions) (out: 
     let stream = inputs.Train
     let resumed =
         if o.Resume then
-            Checkpoint.resume ckDir id optimizer
+            // The run's own settings first, so a changed option is named rather than what it implies for the
+            // optimizer (a new batch changes the cosine schedule's length too).
+            let ownSettings =
+                match Checkpoint.load ckDir with
+                | Error e -> Error e
+                | Ok loaded ->
+                    let manifest = Path.Combine(loaded.Directory, "manifest.json")
+                    match id.Settings |> Map.toList |> List.tryFind (fun (k, v) -> loaded.Identity.Settings.TryFind k <> Some v) with
+                    | Some(k, v) ->
+                        let saved = match loaded.Identity.Settings.TryFind k with Some s -> $"'{s}'" | None -> "(absent)"
+                        Error(CheckpointMismatch(manifest, $"setting '{k}'", saved, $"'{v}'"))
+                    | None -> Ok()
+            ownSettings
+            |> Result.bind (fun () -> Checkpoint.resume ckDir id optimizer)
             |> Result.bind (fun (state, warnings) ->
                 match Position.ofInt64s state.DataPosition |> Result.bind (TokenStream.check stream) with
                 | Error why -> Error(CorruptFile(ckDir, why))
