@@ -215,6 +215,7 @@ let run (args: ParseResults<Args>) =
     printfn "  teacher           %10.3f" teacherPpl
     printfn "  naive             %10.3f zero-shot -> %10.3f after %d Stage-2 tokens" naivePpl (last naiveCurve) distillTokens
     printfn "  taylor-calibrate  %10.3f zero-shot -> %10.3f after %d Stage-2 tokens" tcPpl (last tcCurve) distillTokens
+    printfn "  gap to the teacher, zero-shot: naive %.1fx taylor-calibrate's" (Demo.gapRatio summary)
     printfn "  token ratio: %s" (Demo.describeRatio summary.Ratio)
     printfn "  steps: %s" (timings |> Seq.map (fun (k, v) -> $"{v:F0} s") |> String.concat ", ")
     printfn "Report: %s (self-contained), summary.json, the students and their Stage-2 runs in %s" (Path.Combine(out, "report.html")) out

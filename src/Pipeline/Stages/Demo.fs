@@ -99,6 +99,11 @@ type DemoSummary =
 
 let private num (v: float) : JsonNode = if Double.IsFinite v then JsonValue.Create v else null
 
+/// How many times further from the teacher the naive student starts than the Taylor-Calibrate one:
+/// (PPL_naive − PPL_teacher) / (PPL_tc − PPL_teacher). On a small teacher whose converted layers carry
+/// little of its PPL the ratio of PPLs stays near 1 while this one still shows the difference.
+let gapRatio (s: DemoSummary) = (s.NaivePerplexity - s.TeacherPerplexity) / (s.TaylorPerplexity - s.TeacherPerplexity)
+
 let private curveNode (c: Curve) : JsonNode =
     JsonNode.Parse(toJson c)
 
@@ -117,6 +122,7 @@ let toJson (s: DemoSummary) : string =
     o["eval_max_tokens"] <- JsonValue.Create s.EvalMaxTokens
     o["zero_shot_perplexity"] <- JsonObject(dict [ "teacher", num s.TeacherPerplexity; "naive", num s.NaivePerplexity; "taylor_calibrate", num s.TaylorPerplexity ])
     o["naive_over_taylor_calibrate"] <- num (s.NaivePerplexity / s.TaylorPerplexity)
+    o["gap_to_teacher_naive_over_taylor_calibrate"] <- num (gapRatio s)
     o["stage2_curves"] <- JsonObject(dict [ "naive", curveNode s.Naive; "taylor_calibrate", curveNode s.Taylor ])
     o["token_ratio"] <- ratio
     o["token_ratio_text"] <- JsonValue.Create(describeRatio s.Ratio)
@@ -142,7 +148,7 @@ let page (s: DemoSummary) : string =
     let intro =
         $"""<p>Teacher {enc s.Teacher} ({s.TeacherLayers} layers; attention kept in layer(s) {s.KeptLayers |> List.map string |> String.concat ", "}, the others converted to Gated DeltaNet).
 Held-out text {enc (Path.GetFileName s.EvalText)} (first {s.EvalMaxTokens} tokens).</p>
-<p>Zero-shot PPL: teacher {s.TeacherPerplexity:F3}, naive {s.NaivePerplexity:F3}, taylor-calibrate {s.TaylorPerplexity:F3} ({s.NaivePerplexity / s.TaylorPerplexity:F2}x lower than naive).</p>
+<p>Zero-shot PPL: teacher {s.TeacherPerplexity:F3}, naive {s.NaivePerplexity:F3}, taylor-calibrate {s.TaylorPerplexity:F3} ({s.NaivePerplexity / s.TaylorPerplexity:F2}x lower than naive; the gap to the teacher is {gapRatio s:F1}x smaller).</p>
 <p>Token ratio: {enc (describeRatio s.Ratio)}.</p>"""
     let h1 = "<h1>taylor-calibrate demo</h1>"
     html.Replace(h1, h1 + "\n" + intro)

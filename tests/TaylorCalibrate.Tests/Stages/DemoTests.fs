@@ -86,6 +86,7 @@ let tests =
             let r = doc.RootElement
             Expect.equal (r.GetProperty("zero_shot_perplexity").GetProperty("naive").GetDouble()) 400.0 "naive"
             Expect.equal (r.GetProperty("naive_over_taylor_calibrate").GetDouble()) 5.0 "400/80"
+            Expect.equal (r.GetProperty("gap_to_teacher_naive_over_taylor_calibrate").GetDouble()) (390.0 / 70.0) "(400-10)/(80-10)"
             Expect.equal (r.GetProperty("stage2_curves").GetProperty("taylor_calibrate").GetProperty("points").GetArrayLength()) 3 "points"
             Expect.floatClose Accuracy.veryHigh (r.GetProperty("token_ratio").GetProperty("ratio").GetDouble()) 2.5 "1000/400" }
 
