@@ -18,6 +18,7 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Generate of ParseResults<GenerateCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Logits of ParseResults<LogitsCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Convert of ParseResults<ConvertCommand.Args>
+    | [<CliPrefix(CliPrefix.None)>] Select_Layers of ParseResults<SelectLayersCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Experiment of ParseResults<ExperimentCommand.Args>
     | [<CliPrefix(CliPrefix.None); CustomCommandLine("train-teacher")>] Train_Teacher of ParseResults<TrainTeacherCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Distill of ParseResults<DistillCommand.Args>
@@ -34,6 +35,7 @@ type Command =
             | Generate _ -> "continue a prompt (greedy at --temperature 0) for quick sanity checks"
             | Logits _ -> "write the logits of one forward pass to safetensors (cross-checking)"
             | Convert _ -> "convert a teacher into a calibrated hybrid GDN student directory (+ report.json, report.html)"
+            | Select_Layers _ -> "choose the layers that keep softmax attention (uniform | ar | ga-s2); writes the file `convert --keep-from` reads"
             | Train_Teacher _ -> "train a Llama/Qwen2/Qwen3 decoder from scratch on text; writes a Hugging Face directory"
             | Distill _ -> "distil a student against its teacher: --stage 1 (per layer) or 2 (end-to-end KL), checkpoints, learning curve"
             | Experiment _ -> "experiments: `experiment ablation` (zero-shot PPL of the five init strategies)"
@@ -50,6 +52,7 @@ let private dispatch (results: ParseResults<Command>) =
     | Generate a -> GenerateCommand.run a
     | Logits a -> LogitsCommand.run a
     | Convert a -> ConvertCommand.run a
+    | Select_Layers a -> SelectLayersCommand.run a
     | Experiment a -> ExperimentCommand.run a
     | Train_Teacher a -> TrainTeacherCommand.run a
     | Distill a -> DistillCommand.run a

@@ -23,6 +23,7 @@ type Args =
     | Keep of layers: string
     | Policy of name: string
     | Keep_Fraction of f: float
+    | Keep_From of path: string
     | Init of strategy: string
     | [<Mandatory>] Calib_Text of path: string
     | Eval_Text of path: string
@@ -40,6 +41,7 @@ type Args =
             | Keep _ -> "comma-separated indices of the layers that keep softmax attention, e.g. 0,3"
             | Policy _ -> "kept-layer policy instead of --keep: uniform"
             | Keep_Fraction _ -> "fraction of layers kept by --policy (default 0.25)"
+            | Keep_From _ -> "the kept layers of a `select-layers` file made for this teacher"
             | Init _ -> "naive | zero-gate | taylor-init | alignment-only | taylor-calibrate (default taylor-calibrate)"
             | Calib_Text _ -> "calibration text (documents separated by <|endoftext|>)"
             | Eval_Text _ -> "evaluation text the calibration text must not overlap (checked by document)"
@@ -62,25 +64,29 @@ type Prepared =
       Expand: GqaExpand
       EvalDocs: (string * string list) option }
 
-/// Loads and validates the shared inputs (exit code 2 on any problem).
-let prepare teacherPath (keep: string option) (policy: string option) (fraction: float option) calibText (evalText: string option)
-            allowOverlap (expand: string option) : Prepared =
+/// Loads and validates the shared inputs (exit code 2 on any problem); `keepFrom` is a select-layers file.
+let prepareWith (keepFrom: string option) teacherPath (keep: string option) (policy: string option) (fraction: float option) calibText
+                (evalText: string option) allowOverlap (expand: string option) : Prepared =
     let t = ModelFiles.loadTeacher teacherPath |> orFail
     // The gdn_v4 layer has no output bias (method.md §3): converting would silently drop the teacher's.
     if t.Config.OutputBias then
         usageError $"--teacher {teacherPath}: its attention has an o_proj bias (attention_bias = true); the gdn_v4 student has none, so it cannot be built from this teacher"
     let L = t.Config.Layers
     let kept =
-        match keep, policy with
-        | Some _, Some _ -> usageError "give either --keep or --policy, not both"
-        | Some k, None -> LayerPolicy.parse "--keep" k |> orFail
-        | None, Some "uniform" ->
+        match keep, policy, keepFrom with
+        | _, _, Some file ->
+            if keep.IsSome || policy.IsSome || fraction.IsSome then usageError "--keep-from: give one of --keep, --policy [--keep-fraction] or --keep-from"
+            let selection = LayerSelectionFile.read file |> orFail
+            LayerSelectionFile.keptFor file selection (TeacherIdentity.ofTeacher teacherPath t) |> orFail
+        | Some _, Some _, None -> usageError "give either --keep or --policy, not both"
+        | Some k, None, None -> LayerPolicy.parse "--keep" k |> orFail
+        | None, Some "uniform", None ->
             let f = defaultArg fraction 0.25
             if f <= 0.0 || f >= 1.0 then usageError $"--keep-fraction {f} must lie in (0, 1)"
             LayerPolicy.uniform L f
-        | None, Some p -> usageError $"--policy {p}: supported policies: uniform"
-        | None, None -> usageError "give the kept layers with --keep 0,3 or --policy uniform [--keep-fraction F]"
-    let kept = LayerPolicy.validate "--keep" L kept |> orFail
+        | None, Some p, None -> usageError $"--policy {p}: supported policies: uniform (select-layers writes ar and ga-s2 files for --keep-from)"
+        | None, None, None -> usageError "give the kept layers with --keep 0,3, --policy uniform [--keep-fraction F] or --keep-from FILE.json"
+    let kept = LayerPolicy.validate (if keepFrom.IsSome then "--keep-from" else "--keep") L kept |> orFail
     let expand =
         match expand with
         | None -> GqaExpand.Heads
@@ -99,6 +105,10 @@ let prepare teacherPath (keep: string option) (policy: string option) (fraction:
 let private settingsText (p: Prepared) (strategy: Convert.InitStrategy) (steps: int) (seed: int) =
     $"teacher={Path.GetFullPath p.TeacherPath}\nkept={p.Kept}\ninit={Convert.InitStrategy.name strategy}\nsteps={steps}\nseed={seed}\ngqa_expand={GqaExpand.name p.Expand}\ncalib={Path.GetFullPath p.Batch.Source}\n"
 
+/// prepareWith without a selection file.
+let prepare teacherPath keep policy fraction calibText evalText allowOverlap expand =
+    prepareWith None teacherPath keep policy fraction calibText evalText allowOverlap expand
+
 let run (args: ParseResults<Args>) =
     let strategy =
         let s = args.GetResult(Init, "taylor-calibrate")
@@ -109,7 +119,7 @@ let run (args: ParseResults<Args>) =
     let out = args.GetResult Out
     let resume = args.Contains Resume
     let p =
-        prepare (args.GetResult Teacher) (args.TryGetResult Keep) (args.TryGetResult Policy) (args.TryGetResult Keep_Fraction)
+        prepareWith (args.TryGetResult Keep_From) (args.GetResult Teacher) (args.TryGetResult Keep) (args.TryGetResult Policy) (args.TryGetResult Keep_Fraction)
                 (args.GetResult Calib_Text) (args.TryGetResult Eval_Text) (args.Contains Allow_Overlap) (args.TryGetResult Gqa_Expand)
     let settings = settingsText p strategy steps seed
     if File.Exists out then usageError $"--out {out} is a file"

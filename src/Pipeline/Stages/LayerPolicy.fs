@@ -8,10 +8,13 @@ open TaylorCalibrate.Pipeline
 /// The number of kept layers for a fraction f of L (at least one).
 let keptCount (layers: int) (fraction: float) = max 1 (int (Math.Round(fraction * float layers, MidpointRounding.AwayFromZero)))
 
-/// Uniform policy: ⌊i·L/k⌋ for i = 0..k−1 (every 4th layer from 0 at 25 %).
-let uniform (layers: int) (fraction: float) : int list =
-    let k = min layers (keptCount layers fraction)
+/// Uniform policy for k kept layers: ⌊i·L/k⌋ for i = 0..k−1 (k clamped to 1..L).
+let uniformCount (layers: int) (k: int) : int list =
+    let k = max 1 (min layers k)
     [ for i in 0 .. k - 1 -> i * layers / k ]
+
+/// Uniform policy for a fraction f of L: every 4th layer from 0 at 25 %.
+let uniform (layers: int) (fraction: float) : int list = uniformCount layers (keptCount layers fraction)
 
 /// Checks a kept-layer list against L layers: in range, no duplicates, not every layer. Returns it sorted.
 let validate (option: string) (layers: int) (kept: int list) : Result<int list, InputError> =

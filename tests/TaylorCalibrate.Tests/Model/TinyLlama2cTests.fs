@@ -116,8 +116,8 @@ let tests =
         yield test "forward uses adjacent RoPE pairs: matches the adjacent f64 reference, not the half-split one" {
             let _, t = load true
             let ids = Rand.ints 7 vocab 9
-            use m = new DeviceTeacher(Backends.cpu.Get(), t)
-            let got = Forward.logits m ids 1 ids.Length
+            use m = new DeviceDecoder(Backends.cpu.Get(), t)
+            let got = Decoder.logits m ids 1 ids.Length
             let reference layout = Reference.forward { t.Config with RopeLayout = layout } t.Weights ids |> Array.concat
             // fp32 forward vs f64 reference, as TeacherForwardTests (relative RMS 1e-4).
             Numeric.close forwardRelTol 1e-4 (reference RopeLayout.Adjacent) got "logits vs the adjacent-pair reference"
@@ -145,7 +145,7 @@ let tests =
             let stream = Rand.ints 8 vocab (3 * W)
             let set = Perplexity.prepare "x" t.Config stream (Some W) None |> orFailTest
             Expect.equal (set.Windows, set.Tokens.Length) (3, 3 * W) "no window dropped"
-            use m = new DeviceTeacher(Backends.cpu.Get(), t)
+            use m = new DeviceDecoder(Backends.cpu.Get(), t)
             let r = Perplexity.evaluate m None set None CancellationToken.None
             Expect.equal (r.Windows, r.Predicted, r.Tokens) (3, int64 (3 * (W - 1)), int64 (3 * W)) "windows, targets, tokens"
             // Independent NLL of every window, log-softmax in double.
