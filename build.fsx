@@ -5,7 +5,12 @@
 //   build  Release build of the whole solution (GLSL is compiled to SPIR-V by glslc during the build)
 //   test   setup + build + every test project; ends with `N passed, N failed, N skipped`
 //   bench  setup + build + `taylor-calibrate bench` (arguments after `--` are passed on)
-//   demo   setup + build + `taylor-calibrate demo` (the main job on its built-in defaults)
+//   demo   setup (packages and corpora) + build of the CLI + `taylor-calibrate demo` (the main job on its
+//          built-in teacher, models/demo-teacher, and the State-of-the-Union corpus; arguments after `--` are
+//          passed on)
+//   teachers  setup + build of the CLI + the three in-house teachers (Llama, Qwen2, Qwen3) trained by
+//          train-teacher on State-of-the-Union before 2000, cached in ~/.cache/taylor-calibrate/teachers/NAME
+//          (skipped when present); prints each one's held-out PPL on the addresses from 2000 on
 open System
 open System.Diagnostics
 open System.IO
@@ -78,6 +83,11 @@ let build () =
     if rc <> 0 then fail "build failed"
 
 // ---- test --------------------------------------------------------------------------------------------
+/// Only the CLI and what it needs: what `demo` and `teachers` run (the test project is not needed there).
+let buildCli () =
+    let rc, _ = run false "dotnet" [ "build"; Path.Combine("src", "Cli"); "-c"; configuration; "-nologo"; "-v"; "q"; "-clp:ErrorsOnly" ]
+    if rc <> 0 then fail "build of src/Cli failed"
+
 let summaryLine = Regex(@"^(\d+) passed, (\d+) failed(?:, (\d+) skipped)?\s*$", RegexOptions.Multiline)
 
 let test (extra: string list) =
@@ -103,6 +113,40 @@ let cli (args: string list) =
     if rc <> 0 then exit rc
 
 // ---- main --------------------------------------------------------------------------------------------
+// ---- teachers ----------------------------------------------------------------------------------------
+// Three in-house teachers, one per family, each with GQA (4 query / 2 key-value heads) and 6 layers, on the
+// State-of-the-Union addresses before 2000 (held out: 2000 on). Fixed seed; sized to train in a few minutes
+// each on 2 cores. A run goes to NAME.partial (resumable after an interruption) and is renamed when done.
+let teacherCache =
+    Path.Combine(Environment.GetFolderPath Environment.SpecialFolder.UserProfile, ".cache", "taylor-calibrate", "teachers")
+let teacherArgs =
+    [ "sotu-llama", "llama"; "sotu-qwen2", "qwen2"; "sotu-qwen3", "qwen3" ]
+    |> List.map (fun (name, family) ->
+        name,
+        [ "train-teacher"; "--family"; family; "--layers"; "6"; "--hidden"; "64"; "--heads"; "4"; "--kv-heads"; "2"
+          "--ffn"; "192"; "--bpe-vocab"; "512"; "--train-text"; Path.Combine(root, "corpora", "sotu", "package", "data")
+          "--hold-out-from"; "2000"; "--tokens"; "262144"; "--seq-len"; "256"; "--batch"; "4"; "--lr"; "3e-3"; "--seed"; "0" ])
+
+let heldOutPpl (dir: string) =
+    let m = Regex.Match(File.ReadAllText(Path.Combine(dir, "train-teacher.json")), "\"held_out_perplexity\":\\s*([0-9.eE+-]+)")
+    if m.Success then m.Groups[1].Value else "?"
+
+let teachers () =
+    if not (Directory.Exists(Path.Combine(root, "corpora", "sotu", "package", "data"))) then
+        fail "teachers: the State-of-the-Union corpus is missing from corpora/ (setup needs npm)"
+    for name, args in teacherArgs do
+        let dir = Path.Combine(teacherCache, name)
+        if File.Exists(Path.Combine(dir, "config.json")) then printfn "teachers: %s cached in %s (held-out PPL %s)" name dir (heldOutPpl dir)
+        else
+            let partial = dir + ".partial"
+            let resume = if Directory.Exists partial then [ "--resume" ] else []
+            printfn "teachers: training %s into %s: taylor-calibrate %s" name dir (String.Join(" ", args))
+            let sw = Stopwatch.StartNew()
+            let rc, _ = run false "dotnet" (cliDll :: args @ [ "--out"; partial ] @ resume)
+            if rc <> 0 then fail $"teachers: training {name} failed (exit code {rc}); run again to resume"
+            Directory.Move(partial, dir)
+            printfn "teachers: %s done in %.0f s, held-out PPL %s" name sw.Elapsed.TotalSeconds (heldOutPpl dir)
+
 let argv = fsi.CommandLineArgs |> Array.skip 1 |> List.ofArray
 let target, rest =
     match argv with
@@ -114,5 +158,6 @@ match target with
 | "build" -> setup (); build ()
 | "test" -> setup (); build (); test rest
 | "bench" -> setup (); build (); cli ("bench" :: rest)
-| "demo" -> setup (); build (); cli ("demo" :: rest)
-| other -> fail $"unknown target '{other}'; targets: setup, build, test, bench, demo"
+| "demo" -> setup (); setupCorpora (); buildCli (); cli ("demo" :: rest)
+| "teachers" -> setup (); setupCorpora (); buildCli (); teachers ()
+| other -> fail $"unknown target '{other}'; targets: setup, build, test, bench, demo, teachers"

@@ -33,7 +33,8 @@ let private report () : ConvertReport.Report =
 
 let private pages () =
     [ "convert", ReportHtml.convertPage (report ())
-      "ablation", ReportHtml.ablationPage "Zero-shot PPL" [ "teacher", 12.5; "naive", 480.0; "taylor-calibrate", 40.0 ] ]
+      "ablation", ReportHtml.ablationPage "Zero-shot PPL" [ "teacher", 12.5; "naive", 480.0; "taylor-calibrate", 40.0 ]
+      "demo", Demo.page (TaylorCalibrate.Tests.Stages.DemoTests.sample ()) ]
 
 let private svgs (html: string) = [ for m in Regex.Matches(html, "<svg[^>]*>.*?</svg>", RegexOptions.Singleline) -> m.Value ]
 
