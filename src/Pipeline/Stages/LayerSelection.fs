@@ -44,7 +44,7 @@ module Policy =
 
     /// Whether the policy's init needs a calibration batch (a teacher trace): Phase 1 or Phase 2 does.
     let needsCalibration = function
-        | Policy.GaS2 s -> Convert.InitStrategy.usesPhase1 s || Convert.InitStrategy.usesPhase2 s
+        | Policy.GaS2 s -> Convert.InitStrategy.usesPhase1 s || Convert.InitStrategy.aligns s
         | _ -> false
 
 /// How many layers to keep: a count, or a fraction f of L (k = max(1, round(f·L)), method.md §6).
