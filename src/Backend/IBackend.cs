@@ -1,6 +1,6 @@
 // The compute-backend contract. Two implementations: Cpu/CpuBackend.cs (multi-threaded SIMD C#) and
 // Vulkan/VulkanBackend.cs (GLSL compute shaders). The naive double-precision reference that *defines* each
-// op lives in the tests (tests/TaylorCalibrate.Tests/Reference*.fs). Maths: docs/kernels.md.
+// op lives in the tests (tests/TaylorCalibrate.Tests/Reference/*.fs). Maths: docs/kernels.md.
 //
 // Conventions shared by every op:
 // - row-major; activations [B,T,H,D] contiguous; weights [out,in];
@@ -79,9 +79,9 @@ public interface IBackend : IDisposable
     void Rope(Tensor x, Tensor cos, Tensor sin, Tensor y, RopeLayout layout, bool inverse);
 
     // ---- embeddings ------------------------------------------------------------------------------------
-    /// <summary>y[n,:] = table[ids[n],:]; table [V,D], ids I32 [N], y [N,D]. Ids outside [0,V) throw on the CPU and give 0 rows on GPUs.</summary>
+    /// <summary>y[n,:] = table[ids[n],:]; table [V,D], ids I32 [N], y [N,D]. An id outside [0,V) is an input error (ArgumentException naming 'ids') raised before any work is queued, on every backend.</summary>
     void Embedding(Tensor table, Tensor ids, Tensor y);
-    /// <summary>dtable[ids[n],:] += dy[n,:], deterministic (no float atomics; fixed summation order).</summary>
+    /// <summary>dtable[ids[n],:] += dy[n,:], deterministic (no float atomics; fixed summation order). Ids outside [0,V) are an input error, as in the forward.</summary>
     void EmbeddingBackward(Tensor ids, Tensor dy, Tensor dtable);
 
     // ---- softmax and losses over a vocabulary ----------------------------------------------------------
@@ -93,7 +93,8 @@ public interface IBackend : IDisposable
     /// Per row n of logits [N,V]: loss[n] = lse(z_n) − z_n[target_n] (0 where target &lt; 0). When
     /// <paramref name="dlogits"/> is given, dlogits = gradScale·(softmax(z) − onehot(target)) (rows with
     /// target &lt; 0 get 0). dlogits may be the logits tensor itself: the op streams over vocabulary blocks
-    /// with an online log-sum-exp and never allocates a second [N,V] buffer.
+    /// with an online log-sum-exp and never allocates a second [N,V] buffer. A target ≥ V is an input error
+    /// (ArgumentException naming 'targets') raised before any work is queued, on every backend.
     /// </summary>
     void CrossEntropy(Tensor logits, Tensor targets, Tensor loss, Tensor? dlogits, float gradScale);
     /// <summary>
@@ -103,7 +104,8 @@ public interface IBackend : IDisposable
     void KlDivergence(Tensor teacher, Tensor student, Tensor loss, Tensor? dstudent, float gradScale);
 
     // ---- reductions and optimiser ----------------------------------------------------------------------
-    /// <summary>result[0] = reduction of every element of x, in a fixed (deterministic) order.</summary>
+    /// <summary>result[0] = reduction of every element of x, in a fixed (deterministic) order. Over an empty x: Sum,
+    /// SumOfSquares and MaxAbs give 0, Mean gives NaN (0/0), on every backend.</summary>
     void Reduce(ReduceOp op, Tensor x, Tensor result);
     /// <summary>One AdamW step on param with gradient grad and moments m, v (all same count).</summary>
     void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWSpec spec);
@@ -111,7 +113,7 @@ public interface IBackend : IDisposable
     /// N = √(Σ over all tensors Σg²); norm[0] = N; if N &gt; maxNorm every gradient is scaled by maxNorm/(N + 1e-6).
     /// </summary>
     void ClipGradNorm(IReadOnlyList<Tensor> grads, float maxNorm, Tensor norm);
-    // ---- sequence mixers (issue 3; maths: docs/kernels.md §2, §3) ---------------------------------------
+    // ---- sequence mixers (maths: docs/kernels.md §2, §3) ------------------------------------------------
     /// <summary>
     /// Causal GQA softmax attention, flash style. q [B,T,H,D]; k, v [B,T,Hkv,D] (H a multiple of Hkv; query
     /// head h reads kv head h/(H/Hkv)); o [B,T,H,D]; lse [B,H,T] receives m + ln l (natural log) per row.

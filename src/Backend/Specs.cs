@@ -1,5 +1,4 @@
-// Small value types that parameterise the ops of IBackend. Maths of each op: ../../shared/spec/kernels.md
-// (copied in spirit into docs/kernels.md when the spec moves into the repository).
+// Small value types that parameterise the ops of IBackend. Maths of each op: docs/kernels.md.
 namespace TaylorCalibrate.Backend;
 
 /// <summary>

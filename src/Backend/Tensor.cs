@@ -1,5 +1,5 @@
 // Tensor: a dense, row-major block of fp32 (or int32 index) elements owned by one backend.
-// Compute is always fp32; bf16/fp16 weights are widened when loaded (see Io/Safetensors.cs).
+// Compute is always fp32; bf16/fp16 weights are widened when loaded (see src/Pipeline/Io/Safetensors.fs).
 namespace TaylorCalibrate.Backend;
 
 /// <summary>Element type of a tensor's storage.</summary>

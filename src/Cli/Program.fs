@@ -18,7 +18,10 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Generate of ParseResults<GenerateCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Logits of ParseResults<LogitsCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Convert of ParseResults<ConvertCommand.Args>
+    | [<CliPrefix(CliPrefix.None)>] Select_Layers of ParseResults<SelectLayersCommand.Args>
     | [<CliPrefix(CliPrefix.None)>] Experiment of ParseResults<ExperimentCommand.Args>
+    | [<CliPrefix(CliPrefix.None); CustomCommandLine("train-teacher")>] Train_Teacher of ParseResults<TrainTeacherCommand.Args>
+    | [<CliPrefix(CliPrefix.None)>] Distill of ParseResults<DistillCommand.Args>
     | [<AltCommandLine("-v")>] Verbose
     interface IArgParserTemplate with
         member c.Usage =
@@ -32,6 +35,9 @@ type Command =
             | Generate _ -> "continue a prompt (greedy at --temperature 0) for quick sanity checks"
             | Logits _ -> "write the logits of one forward pass to safetensors (cross-checking)"
             | Convert _ -> "convert a teacher into a calibrated hybrid GDN student directory (+ report.json, report.html)"
+            | Select_Layers _ -> "choose the layers that keep softmax attention (uniform | ar | ga-s2); writes the file `convert --keep-from` reads"
+            | Train_Teacher _ -> "train a Llama/Qwen2/Qwen3 decoder from scratch on text; writes a Hugging Face directory"
+            | Distill _ -> "distil a student against its teacher: --stage 1 (per layer) or 2 (end-to-end KL), checkpoints, learning curve"
             | Experiment _ -> "experiments: `experiment ablation` (zero-shot PPL of the five init strategies)"
             | Verbose -> "print stack traces of errors"
 
@@ -46,7 +52,10 @@ let private dispatch (results: ParseResults<Command>) =
     | Generate a -> GenerateCommand.run a
     | Logits a -> LogitsCommand.run a
     | Convert a -> ConvertCommand.run a
+    | Select_Layers a -> SelectLayersCommand.run a
     | Experiment a -> ExperimentCommand.run a
+    | Train_Teacher a -> TrainTeacherCommand.run a
+    | Distill a -> DistillCommand.run a
     | Verbose -> usageError "no command given; see --help"
 
 [<EntryPoint>]
@@ -73,6 +82,13 @@ let main argv =
         eprintfn "error: %s" e.Message
         if verbose then eprintfn "%O" e
         2
+    | Interrupted continueWith ->
+        eprintfn "interrupted"
+        continueWith |> Option.iter (eprintfn "continue with: %s")
+        130
+    | :? OperationCanceledException ->
+        eprintfn "interrupted"
+        130
     | e ->
         eprintfn "internal error: %s%s" e.Message (if verbose then "\n" + e.ToString() else " (run with --verbose for details)")
         1

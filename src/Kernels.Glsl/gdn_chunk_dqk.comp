@@ -1,4 +1,4 @@
-// gdn_chunk_dqk.comp: chunked gated delta rule, backward step 3 (kernels.md §3.3) for one chunk c of one
+// gdn_chunk_dqk.comp: chunked gated delta rule, backward step 3 (docs/kernels.md §3.3) for one chunk c of one
 // (b, h) per workgroup, one invocation per row r < n (it owns every reduction of its row, in a fixed order):
 //   dS_rj = scale·(dO_r·v_new_j) e^{γ_r−γ_j} (j ≤ r, shared tile);
 //   dq_r = scale·e^{γ_r} (h_c·dO_r) + Σ_{j≤r} dS_rj k_j;
@@ -10,10 +10,12 @@
 
 layout(binding = 0) readonly buffer Q { float q[]; };       // (B, T, H, DK) q or q̂
 layout(binding = 1) readonly buffer K { float k[]; };       // (B, T, H, DK) k or k̂
-layout(binding = 2) readonly buffer CW { float cw[]; };     // reads γ, v_new, h_c
+layout(binding = 2) readonly buffer CW { float cw[]; };     // reads γ, v_new
 layout(binding = 3) readonly buffer DO { float dO[]; };     // (B, T, H, DV)
-layout(binding = 4) buffer BW { float bw[]; };              // reads dv2, dh_c; writes dw, dγ
+layout(binding = 4) buffer BW { float bw[]; };              // reads dv2; writes dw, dγ
 layout(binding = 5) writeonly buffer GR { float gr[]; };    // writes dq̂ (B, T, H, DK) at 0, dk̂ at offDk
+layout(binding = 6) readonly buffer HC { float hc[]; };     // (B, H, NT, DK, DV) h_c
+layout(binding = 7) readonly buffer DHC { float dhc[]; };   // (B, H, NT, DK, DV) dh_c
 
 shared float sS[BT * BT];   // dS (row-major), 0 outside j ≤ r < n
 shared float sG[BT];
@@ -44,7 +46,7 @@ void main() {
     }
     uint hb = hIndex(bh, c, 0, 0);
     float hd = 0.0;
-    for (uint e = lid; e < DK * DV; e += WG) hd += cw[args.offH + hb + e] * bw[args.offDh + hb + e];
+    for (uint e = lid; e < DK * DV; e += WG) hd += hc[hb + e] * dhc[hb + e];
     sHd[lid] = hd;
     barrier();
 
@@ -59,9 +61,9 @@ void main() {
             for (uint x0 = 0; x0 < DV; x0 += UN) [[unroll]] for (uint xc = 0; xc < UN; xc++) {
                 uint x = x0 + xc;
                 if (x < DV) {
-                    float hv = cw[args.offH + hb + i * DV + x];
+                    float hv = hc[hb + i * DV + x];
                     s1 += dO[row * DV + x] * hv;
-                    s2 += cw[args.offVn + row * DV + x] * bw[args.offDh + hb + i * DV + x];
+                    s2 += cw[args.offVn + row * DV + x] * dhc[hb + i * DV + x];
                     s3 += bw[args.offDv2 + row * DV + x] * hv;
                 }
             }

@@ -1,4 +1,4 @@
-// gdn_chunk_dscan.comp: chunked gated delta rule, backward step 2 (kernels.md §3.3): the reverse state scan,
+// gdn_chunk_dscan.comp: chunked gated delta rule, backward step 2 (docs/kernels.md §3.3): the reverse state scan,
 // one invocation per value column j of dh (DK floats in registers), workgroups over (b, h, column block).
 // dh = dht or 0; for c = NT−1..0: store dh_c[:, j] = dh[:, j] (gradient w.r.t. the state at the end of chunk c);
 // dv2_rj = dv_loc_rj + e^{γ_last−γ_r}(k_r·dh[:, j]) (in place in bw);
@@ -10,9 +10,10 @@ layout(binding = 0) readonly buffer Q { float q[]; };       // (B, T, H, DK) q o
 layout(binding = 1) readonly buffer K { float k[]; };       // (B, T, H, DK) k or k̂
 layout(binding = 2) readonly buffer CW { float cw[]; };     // reads γ, w
 layout(binding = 3) readonly buffer DO { float dO[]; };     // (B, T, H, DV)
-layout(binding = 4) buffer BW { float bw[]; };              // dv_loc → dv2 in place; writes dh_c
+layout(binding = 4) buffer BW { float bw[]; };              // dv_loc → dv2 in place
 layout(binding = 5) readonly buffer Dht { float dht[]; };   // (B, H, DK, DV) when GC_FINAL
 layout(binding = 6) writeonly buffer Dh0 { float dh0[]; };  // (B, H, DK, DV) when GC_DH0
+layout(binding = 7) writeonly buffer DHC { float dhc[]; };  // (B, H, NT, DK, DV) dh_c
 
 void main() {
     uint blocks = (DV + WG - 1) / WG;
@@ -32,7 +33,7 @@ void main() {
         uint c = args.NT - 1 - cc, t0 = c * BT, n = min(BT, args.T - t0);
         for (uint i0 = 0; i0 < DK; i0 += UN) [[unroll]] for (uint ic = 0; ic < UN; ic++) {
             uint i = i0 + ic;
-            if (i < DK) bw[args.offDh + hIndex(bh, c, i, j)] = D[i];
+            if (i < DK) dhc[hIndex(bh, c, i, j)] = D[i];
         }
         float gl = cw[args.offGam + rowOf(b, t0 + n - 1, h)];
         for (uint r = 0; r < n; r++) {

@@ -1,4 +1,4 @@
-// gdn_chunk_out.comp: chunked gated delta rule, forward step 6 (kernels.md §3.2) for one chunk c of one
+// gdn_chunk_out.comp: chunked gated delta rule, forward step 6 (docs/kernels.md §3.2) for one chunk c of one
 // (b, h) per workgroup: o_r = scale·[e^{γ_r} q_r·h_c + Σ_{j≤r} (q_r·k_j) e^{γ_r−γ_j} v_new_j]. The masked
 // decayed Q Kᵀ tile P (BT, BT) lives in shared memory; padded rows and columns are 0 (masked before exp).
 #version 450
@@ -6,8 +6,9 @@
 
 layout(binding = 0) readonly buffer Q { float q[]; };      // (B, T, H, DK) q or q̂
 layout(binding = 1) readonly buffer K { float k[]; };      // (B, T, H, DK) k or k̂
-layout(binding = 2) readonly buffer CW { float cw[]; };    // reads γ, v_new, h_c
+layout(binding = 2) readonly buffer CW { float cw[]; };    // reads γ, v_new
 layout(binding = 3) writeonly buffer O { float o[]; };     // (B, T, H, DV)
+layout(binding = 4) readonly buffer HC { float hc[]; };    // (B, H, NT, DK, DV) h_c
 
 shared float sP[BT * BT];   // scale·(q_r·k_j) e^{γ_r−γ_j} for j ≤ r < n, else 0
 shared float sG[BT];        // γ (padded rows: unused)
@@ -40,7 +41,7 @@ void main() {
         float s = 0.0;
         for (uint i0 = 0; i0 < DK; i0 += UN) [[unroll]] for (uint ic = 0; ic < UN; ic++) {
             uint i = i0 + ic;
-            if (i < DK) s += q[row * DK + i] * cw[args.offH + hIndex(bh, c, i, j)];
+            if (i < DK) s += q[row * DK + i] * hc[hIndex(bh, c, i, j)];
         }
         float acc = args.scale * exp(sG[r]) * s;
         for (uint m0 = 0; m0 <= r; m0 += UN) [[unroll]] for (uint mc = 0; mc < UN; mc++) {

@@ -1,6 +1,6 @@
-// gdn_chunk_scan.comp: chunked gated delta rule, forward step 5 (kernels.md §3.2): the inter-chunk scan,
+// gdn_chunk_scan.comp: chunked gated delta rule, forward step 5 (docs/kernels.md §3.2): the inter-chunk scan,
 // sequential over chunks, one invocation per value column j of the state (DK floats in registers),
-// workgroups over (b, h, column block). Per chunk c: store h_c[:, j]; v_new_rj = u_rj − w_r·h_c[:, j] (in
+// workgroups over (b, h, block of WG columns: the host narrows blocks on GPUs for more workgroups). Per chunk c: store h_c[:, j]; v_new_rj = u_rj − w_r·h_c[:, j] (in
 // place of u in cw); h[:, j] ← e^{γ_last} h[:, j] + Σ_r k_r·(v_new_rj e^{γ_last−γ_r}). With GC_FINAL the last
 // state is ht. No barriers, so invocations past DV leave at once.
 #version 450
@@ -10,6 +10,7 @@ layout(binding = 0) readonly buffer K { float k[]; };      // (B, T, H, DK) k or
 layout(binding = 1) buffer CW { float cw[]; };             // reads γ, w, u; writes v_new, h_c
 layout(binding = 2) readonly buffer H0 { float h0[]; };    // (B, H, DK, DV) when GC_H0
 layout(binding = 3) writeonly buffer Ht { float ht[]; };   // (B, H, DK, DV) when GC_FINAL
+layout(binding = 4) writeonly buffer HC { float hc[]; };   // (B, H, NT, DK, DV) h_c
 
 void main() {
     uint blocks = (DV + WG - 1) / WG;
@@ -29,7 +30,7 @@ void main() {
         uint t0 = c * BT, n = min(BT, args.T - t0);
         for (uint i0 = 0; i0 < DK; i0 += UN) [[unroll]] for (uint ic = 0; ic < UN; ic++) {
             uint i = i0 + ic;
-            if (i < DK) cw[args.offH + hIndex(bh, c, i, j)] = S[i];
+            if (i < DK) hc[hIndex(bh, c, i, j)] = S[i];
         }
         float gl = cw[args.offGam + rowOf(b, t0 + n - 1, h)];
         for (uint r = 0; r < n; r++) {

@@ -1,6 +1,9 @@
-// gdn_chunk_wy.comp: chunked gated delta rule, forward steps 1–4 (kernels.md §3.2) for one chunk c of one
+// gdn_chunk_wy.comp: chunked gated delta rule, forward steps 1–4 (docs/kernels.md §3.2) for one chunk c of one
 // (b, h) per workgroup: γ_r = Σ_{i≤r} g_i (local cumsum, fp32); L_rj = β_r (k_r·k_j) e^{γ_r−γ_j} for j < r < n;
-// A = (I + L)⁻¹ by forward substitution (one invocation per column of A, in shared memory);
+// A = (I + L)⁻¹ by forward substitution, one invocation per column of A, in one of two forms chosen by the
+// specialization constant ROW_SWEEP per device class (the host's KernelTuning): a sweep over the rows of
+// the shared tile with two barriers per row (GPUs: no per-invocation array, which a GPU would spill), or a
+// per-column solve in registers with no barrier (CPU-type drivers, where barriers are slow);
 // w = A·(K ⊙ βe^γ) (BT, DK), u = A·(V ⊙ β) (BT, DV). Writes γ, A, w, u into cw (gdn_chunk_common.glsl).
 // Padded rows r ≥ n: L is 0 there, so A is the identity on them; they are never stored as w or u.
 #version 450
@@ -11,6 +14,8 @@ layout(binding = 1) readonly buffer Vb { float v[]; };        // (B, T, H, DV)
 layout(binding = 2) readonly buffer G { float g[]; };         // (B, T, H) log decay ≤ 0
 layout(binding = 3) readonly buffer Beta { float beta[]; };   // (B, T, H)
 layout(binding = 4) buffer CW { float cw[]; };                // forward work: γ, A, w, u written
+
+layout(constant_id = 4) const bool ROW_SWEEP = false;
 
 shared float sA[BT * BT];   // L, then A (row-major, r·BT + j)
 shared float sG[BT];        // γ
@@ -61,24 +66,41 @@ void main() {
     }
     barrier();
 
-    // 3. column j of A solves (I + L)·x = e_j: x_r = δ_rj − Σ_{j≤m<r} L_rm x_m (x_m = 0 for m < j)
-    float x[BT];
     uint j = lid;
-    if (j < BT) {
+    if (ROW_SWEEP) {
+        // 3 (GPU). Rows of A in order, in place over L: A_rj = δ_rj − Σ_{j≤m<r} L_rm A_mj, invocation j owning
+        // column j; rows m < r already hold A, row r still holds L until every column has read it.
         for (uint r = 0; r < BT; r++) {
             float s = r == j ? 1.0 : 0.0;
-            if (r > j) {
+            if (j < r)
                 for (uint m0 = j; m0 < r; m0 += UN) [[unroll]] for (uint mc = 0; mc < UN; mc++) {
                     uint m = m0 + mc;
-                    if (m < r) s -= sA[r * BT + m] * x[m];
+                    if (m < r) s -= sA[r * BT + m] * sA[m * BT + j];
                 }
-            }
-            x[r] = r < j ? 0.0 : s;
+            barrier();
+            if (j < BT) sA[r * BT + j] = s;
+            barrier();
         }
+    } else {
+        // 3 (CPU driver). Column j of A solves (I + L)·x = e_j: x_r = δ_rj − Σ_{j≤m<r} L_rm x_m (x_m = 0 for
+        // m < j), x in registers: no barrier inside the solve (barriers are costly on lavapipe).
+        float x[BT];
+        if (j < BT) {
+            for (uint r = 0; r < BT; r++) {
+                float s = r == j ? 1.0 : 0.0;
+                if (r > j) {
+                    for (uint m0 = j; m0 < r; m0 += UN) [[unroll]] for (uint mc = 0; mc < UN; mc++) {
+                        uint m = m0 + mc;
+                        if (m < r) s -= sA[r * BT + m] * x[m];
+                    }
+                }
+                x[r] = r < j ? 0.0 : s;
+            }
+        }
+        barrier();   // every column has read L
+        if (j < BT) for (uint r = 0; r < BT; r++) sA[r * BT + j] = x[r];
+        barrier();
     }
-    barrier();   // every column has read L
-    if (j < BT) for (uint r = 0; r < BT; r++) sA[r * BT + j] = x[r];
-    barrier();
     for (uint e = lid; e < BT * BT; e += WG) cw[args.offA + aIndex(bh, c, e / BT, e % BT)] = sA[e];
 
     // 4. w = A·(K ⊙ βe^γ), u = A·(V ⊙ β): row r sums over m ≤ r (A is unit lower triangular)

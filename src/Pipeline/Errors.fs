@@ -18,6 +18,7 @@ type InputError =
     | TokenizerMismatch of tokenizer: string * tokenizerVocab: int * modelVocab: int
     | TokenizerNotFound of model: string * looked: string
     | TextTooShort of path: string * tokens: int * window: int
+    | CheckpointMismatch of path: string * field: string * saved: string * current: string
 
 module InputError =
     let private shape (s: int[]) = "[" + (s |> Array.map string |> String.concat ",") + "]"
@@ -41,6 +42,8 @@ module InputError =
         | TokenizerMismatch(p, tv, mv) -> $"{p}: tokenizer has {tv} tokens but the model's vocabulary has {mv}"
         | TokenizerNotFound(m, looked) -> $"{m}: no tokenizer found ({looked}); pass --tokenizer FILE"
         | TextTooShort(p, n, w) -> $"{p}: text gives {n} tokens, fewer than one window of {w} (use --window)"
+        | CheckpointMismatch(p, f, saved, current) ->
+            $"{p}: checkpoint of another run: {f} is {saved} there but {current} now (resume with the same settings, or start afresh)"
 
 /// Raised by the CLI layer to carry an InputError out of deep code paths (never caught inside the library).
 exception InputException of InputError

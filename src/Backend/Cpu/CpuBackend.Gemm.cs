@@ -6,8 +6,9 @@ namespace TaylorCalibrate.Backend.Cpu;
 
 public sealed partial class CpuBackend
 {
-    /// <summary>The micro-kernel GEMMs use: the best this machine supports.</summary>
-    internal GemmKernelKind GemmKernel { get; set; } = MicroKernels.Best;
+    /// <summary>The micro-kernel GEMMs use: the best this machine supports, unless TC_CPU_GEMM forces one
+    /// (an unknown or unsupported name fails when the backend opens, naming the variable).</summary>
+    internal GemmKernelKind GemmKernel { get; set; } = MicroKernels.FromEnvironment();
 
     /// <inheritdoc />
     /// <exception cref="ArgumentException">A negative size, leading dimension, stride or offset; a leading

@@ -1,8 +1,8 @@
 // The CPU backend: every op of IBackend in multi-threaded SIMD C#, synchronously on the caller's thread
 // (parallel inside). The ops live in partial-class files by family (CpuBackend.Gemm.cs, .Elementwise.cs,
 // .Norms.cs, .Embedding.cs, .Losses.cs, .Optim.cs, .Memory.cs; attention/GDN in .Sequence*.cs).
-// Maths of every op: docs/kernels.md (for now ../shared/spec/kernels.md).
-using System.Runtime.Intrinsics.X86;
+// Maths of every op: docs/kernels.md.
+using TaylorCalibrate.Backend.Cpu.Gemm;
 
 namespace TaylorCalibrate.Backend.Cpu;
 
@@ -37,12 +37,21 @@ public sealed partial class CpuBackend : IBackend
     /// <summary>Describes the CPU backend (cores, SIMD width).</summary>
     public static DeviceInfo Describe() =>
         new("CPU backend", "cpu", "", ".NET " + Environment.Version, 0, System.Numerics.Vector<float>.Count,
-            $"{Environment.ProcessorCount} cores, {SimdText}");
+            $"{Environment.ProcessorCount} cores, {MicroKernels.Describe(ActiveGemmKernel)}{Forced}");
 
-    static string SimdText =>
-        Avx2.IsSupported && Fma.IsSupported ? "AVX2+FMA GEMM kernel"
-        : System.Numerics.Vector.IsHardwareAccelerated ? $"Vector<float> ({System.Numerics.Vector<float>.Count} lanes) GEMM kernel"
-        : "scalar GEMM kernel";
+    /// <summary>The GEMM kernel a new backend uses: forced by TC_CPU_GEMM, else the best this processor runs.</summary>
+    static GemmKernelKind ActiveGemmKernel
+    {
+        get
+        {
+            try { return MicroKernels.FromEnvironment(); }
+            catch (ArgumentException) { return MicroKernels.Best; }
+        }
+    }
+
+    static string Forced =>
+        string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable(MicroKernels.ForceVariable)) ? ""
+        : $" (forced by {MicroKernels.ForceVariable})";
 
     /// <summary>Nothing to release: tensors are managed arrays.</summary>
     public void Dispose() { }

@@ -1,4 +1,4 @@
-// The internal kernel-launch API every op family uses (and the attention/GDN kernels should use):
+// The internal kernel-launch API every op family uses, attention and GDN included:
 //   var p = new MyArgs { ... };                           // push constants: a Sequential struct ≤ 128 B,
 //                                                          // twin of the GLSL `layout(push_constant)` block
 //   Launch("myshader", [spec0, spec1], [Read(x, "x"), Write(y, "y")], p, groupsX, groupsY, groupsZ);
@@ -21,6 +21,7 @@ public sealed unsafe partial class VulkanBackend
     internal Binding Bind(VulkanTensor t, string name, bool write, long first = 0, long count = -1)
     {
         if (count < 0) count = t.Count - first;
+        if (write) t.KnownIdRange = null;
         ulong offset = 4UL * (ulong)first, size = Math.Max(4UL, 4UL * (ulong)count);
         if (size > BindingLimit)
             throw new ArgumentException($"tensor '{name}' {t.ShapeText} needs a {size >> 20} MiB binding, more than the device binds at once "

@@ -1,4 +1,4 @@
-// Embedding gather and its deterministic scatter-add on the Vulkan backend (kernels.md §4; embedding.comp,
+// Embedding gather and its deterministic scatter-add on the Vulkan backend (docs/kernels.md §4; embedding.comp,
 // embedding_back.comp). The backward downloads the N ids (a synchronisation point, cheap: N is B·T),
 // groups positions by id on the host (CSR, stable in n), and a kernel sums each id's rows in order of n,
 // so the result is bitwise reproducible and equals a sequential loop over n. No float atomics.
@@ -24,6 +24,7 @@ public sealed unsafe partial class VulkanBackend
         Check.That(vt.Rank == 2, $"tensor 'table' {vt.ShapeText} must be [V,D]");
         int v = vt.Dim(0), d = vt.Dim(1);
         Check.That(vy.Count == vi.Count * d, $"tensor 'y' {vy.ShapeText} must have {vi.Count}·{d} elements ([N,D] for N ids)");
+        CheckIds(vi, "ids", v, negativeOk: false, $"'table' {vt.ShapeText}");
         if (vy.Count == 0) return;
         var args = new EmbeddingArgs { N = (uint)vi.Count, D = (uint)d, V = (uint)v };
         Launch("embedding", [ElementwiseWg], [Read(vt, "table"), Read(vi, "ids"), Write(vy, "y")], args, Math.Min(Ceil(vy.Count, ElementwiseWg), 4096u));
@@ -41,9 +42,10 @@ public sealed unsafe partial class VulkanBackend
         Check.That(vdy.Count == (long)n * d, $"tensor 'dy' {vdy.ShapeText} must have {n}·{d} elements ([N,D] for N ids)");
         if (n == 0 || d == 0) return;
 
+        CheckIds(vi, "ids", v, negativeOk: false, $"'dtable' {vt.ShapeText}");
         var idv = new int[n];
         Download(vi, idv);
-        // CSR by id: counting sort, stable in n. Ids outside [0, V) are skipped (their forward rows were 0).
+        // CSR by id: counting sort, stable in n (every id lies in [0, V): checked above).
         var count = new Dictionary<int, int>();
         foreach (var id in idv)
             if (id >= 0 && id < v) count[id] = count.GetValueOrDefault(id) + 1;

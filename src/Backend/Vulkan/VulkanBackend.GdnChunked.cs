@@ -1,5 +1,5 @@
 // Chunked (WY) gated delta rule on the Vulkan backend: host side of GdnMode.Chunked (contract:
-// IBackend.GdnForward/GdnBackward; maths: kernels.md §3.2 forward, §3.3 backward, §3.4 numerical rules; CPU
+// IBackend.GdnForward/GdnBackward; maths: docs/kernels.md §3.2 forward, §3.3 backward, §3.4 numerical rules; CPU
 // twin: Cpu/Gdn/GdnChunked.cs, GdnChunkedBackward.cs). Kernels (src/Kernels.Glsl/gdn_chunk_*.comp):
 //   gdn_chunk_l2    q̂, k̂ = L2-normalised q, k into scratch (only with GdnSpec.L2NormQK)
 //   gdn_chunk_wy    per (b, h, chunk): γ, A = (I + L)⁻¹, w, u                         (§3.2 steps 1–4)
@@ -11,7 +11,10 @@
 //   gdn_chunk_dqk   per (b, h, chunk): dq̂, dk̂ (state and intra terms), dw, dγ       (§3.3 step 3)
 //   gdn_chunk_dwy   per (b, h, chunk): WY backward through A, dv, dβ, dk̂ +=, dg     (§3.3 steps 4–5)
 //   gdn_l2_back     dq, dk from dq̂, dk̂ (only with GdnSpec.L2NormQK; shared with the recurrent form)
-// Scratch layouts are described in gdn_chunk_common.glsl; everything is fp32.
+// Scratch layouts are described in gdn_chunk_common.glsl; everything is fp32. The per-chunk states h_c and
+// dh_c, the largest scratch, are tensors of their own (a binding each), apart from the rest of the work.
+// The state scans run WG = Tuning.GdnScanColumns value columns per workgroup (KernelClass.cs): narrower on
+// GPUs, so that B·H·V/WG workgroups fill the device.
 using System.Runtime.InteropServices;
 
 namespace TaylorCalibrate.Backend.Vulkan;
@@ -24,8 +27,8 @@ internal struct GdnChunkArgs
     /// <summary><see cref="GdnChunkFlags"/>.</summary>
     public uint Flags;
     public float Scale;
-    public uint OffGam, OffA, OffW, OffVn, OffH;
-    public uint OffDv2, OffDh, OffDw, OffDgam;
+    public uint OffGam, OffA, OffW, OffVn;
+    public uint OffDv2, OffDw, OffDgam;
     public uint OffDk, OffDv, OffDg, OffDb;
 }
 
@@ -46,7 +49,7 @@ public sealed partial class VulkanBackend
     const uint GdnChunkGroup = 64;
 
     /// <summary>The forward work buffer of the chunked form and its regions (floats; see gdn_chunk_common.glsl).</summary>
-    sealed record GdnChunkWork(VulkanTensor Cw, VulkanTensor Q, VulkanTensor K, VulkanTensor? Qn, VulkanTensor? Kn, GdnChunkArgs Args);
+    sealed record GdnChunkWork(VulkanTensor Cw, VulkanTensor Hc, VulkanTensor Q, VulkanTensor K, VulkanTensor? Qn, VulkanTensor? Kn, GdnChunkArgs Args);
 
     /// <summary>Queues §3.2 steps 1–5 (L2 norm, γ, A, w, u, h_c, v_new, and ht when given); the caller
     /// disposes the returned scratch.</summary>
@@ -55,15 +58,16 @@ public sealed partial class VulkanBackend
     {
         int C = spec.ChunkSize, NT = (T + C - 1) / C;
         long BH = (long)B * H, nG = (long)B * T * H;
-        long offA = nG, offW = offA + BH * NT * C * C, offVn = offW + nG * K, offH = offVn + nG * V, total = offH + BH * NT * K * V;
+        long offA = nG, offW = offA + BH * NT * C * C, offVn = offW + nG * K, total = offVn + nG * V;
         var args = new GdnChunkArgs
         {
             B = (uint)B, T = (uint)T, H = (uint)H, NT = (uint)NT, Scale = spec.Scale,
             Flags = (uint)((h0 is null ? GdnChunkFlags.None : GdnChunkFlags.H0) | (ht is null ? GdnChunkFlags.None : GdnChunkFlags.Final)),
-            OffGam = 0, OffA = checked((uint)offA), OffW = checked((uint)offW), OffVn = checked((uint)offVn), OffH = checked((uint)offH),
+            OffGam = 0, OffA = checked((uint)offA), OffW = checked((uint)offW), OffVn = checked((uint)offVn),
         };
         GdnChunkBudget("chunked GdnForward", T, K, V, C);
         var cw = (VulkanTensor)Allocate([checked((int)total)]);
+        var hc = (VulkanTensor)Allocate([B, H, NT, K, V]);   // h_c
         VulkanTensor vq = F32(q, "q"), vk = F32(k, "k");
         VulkanTensor? qn = null, kn = null;
         uint[] specs = [(uint)K, (uint)V, (uint)C, GdnChunkGroup];
@@ -77,15 +81,16 @@ public sealed partial class VulkanBackend
             vk = kn;
         }
         var (gx, gy) = Grid(BH * NT);
-        Launch("gdn_chunk_wy", specs,
+        Launch("gdn_chunk_wy", [.. specs, Tuning.GdnRowSweep ? 1u : 0u],
                [Read(vk, "k"), Read(F32(v, "v"), "v"), Read(F32(g, "g"), "g"), Read(F32(beta, "beta"), "beta"), ReadWrite(cw, "chunk work")],
                args, gx, gy);
-        (gx, gy) = Grid(BH * Ceil(V, GdnChunkGroup));
-        Launch("gdn_chunk_scan", specs,
+        uint cols = Tuning.GdnScanColumns;
+        (gx, gy) = Grid(BH * Ceil(V, cols));
+        Launch("gdn_chunk_scan", [(uint)K, (uint)V, (uint)C, cols],
                [Read(vk, "k"), ReadWrite(cw, "chunk work"), h0 is null ? Read(cw, "chunk work") : Read(F32(h0, "h0"), "h0"),
-                ht is null ? Write(cw, "chunk work") : Write(F32(ht, "ht"), "ht")],
+                ht is null ? Write(cw, "chunk work") : Write(F32(ht, "ht"), "ht"), Write(hc, "chunk states")],
                args, gx, gy);
-        return new GdnChunkWork(cw, vq, vk, qn, kn, args);
+        return new GdnChunkWork(cw, hc, vq, vk, qn, kn, args);
     }
 
     void GdnChunkedForward(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor? h0, Tensor o, Tensor? ht, GdnSpec spec,
@@ -96,7 +101,8 @@ public sealed partial class VulkanBackend
         {
             var (gx, gy) = Grid((long)B * H * work.Args.NT);
             Launch("gdn_chunk_out", [(uint)K, (uint)V, (uint)spec.ChunkSize, GdnChunkGroup],
-                   [Read(work.Q, "q"), Read(work.K, "k"), Read(work.Cw, "chunk work"), Write(F32(o, "o"), "o")], work.Args, gx, gy);
+                   [Read(work.Q, "q"), Read(work.K, "k"), Read(work.Cw, "chunk work"), Write(F32(o, "o"), "o"), Read(work.Hc, "chunk states")],
+                   work.Args, gx, gy);
         }
         finally
         {
@@ -112,14 +118,13 @@ public sealed partial class VulkanBackend
         var work = GdnChunkRecompute(q, k, v, g, beta, h0, null, spec, B, T, H, K, V);
         int NT = (int)work.Args.NT;
         long BH = (long)B * H, nG = (long)B * T * H;
-        // bw: dv2 (B,T,H,V) | dh_c (B,H,NT,K,V) | dw (B,T,H,K) | dγ (B,T,H)
-        long offDh = nG * V, offDw = offDh + BH * NT * K * V, offDgam = offDw + nG * K, bwTotal = offDgam + nG;
+        // bw: dv2 (B,T,H,V) | dw (B,T,H,K) | dγ (B,T,H); dh_c (B,H,NT,K,V) in a tensor of its own
+        long offDw = nG * V, offDgam = offDw + nG * K, bwTotal = offDgam + nG;
         // gradients: dq̂ | dk̂ | dv | dg | dβ (as the recurrent form's buffer, so gdn_l2_back reads it too)
         long offDk = nG * K, offDv = 2 * nG * K, offDg = offDv + nG * V, offDb = offDg + nG, gTotal = offDb + nG;
         var args = work.Args;
         args.Flags = (uint)((dht is null ? GdnChunkFlags.None : GdnChunkFlags.Final) | (dh0 is null ? GdnChunkFlags.None : GdnChunkFlags.Dh0));
         args.OffDv2 = 0;
-        args.OffDh = checked((uint)offDh);
         args.OffDw = checked((uint)offDw);
         args.OffDgam = checked((uint)offDgam);
         args.OffDk = checked((uint)offDk);
@@ -128,21 +133,24 @@ public sealed partial class VulkanBackend
         args.OffDb = checked((uint)offDb);
         var bw = (VulkanTensor)Allocate([checked((int)bwTotal)]);
         var grads = (VulkanTensor)Allocate([checked((int)gTotal)]);
+        var dhc = (VulkanTensor)Allocate([B, H, NT, K, V]);   // dh_c
         try
         {
             uint[] specs = [(uint)K, (uint)V, (uint)spec.ChunkSize, GdnChunkGroup];
             VulkanTensor vdO = F32(dO, "dO"), cw = work.Cw;
             var (cx, cy) = Grid(BH * NT);
-            var (sx, sy) = Grid(BH * Ceil(V, GdnChunkGroup));
+            uint cols = Tuning.GdnScanColumns;
+            var (sx, sy) = Grid(BH * Ceil(V, cols));
             Launch("gdn_chunk_dvloc", specs, [Read(work.Q, "q"), Read(work.K, "k"), Read(cw, "chunk work"), Read(vdO, "dO"), Write(bw, "backward work")],
                    args, cx, cy);
-            Launch("gdn_chunk_dscan", specs,
+            Launch("gdn_chunk_dscan", [(uint)K, (uint)V, (uint)spec.ChunkSize, cols],
                    [Read(work.Q, "q"), Read(work.K, "k"), Read(cw, "chunk work"), Read(vdO, "dO"), ReadWrite(bw, "backward work"),
                     dht is null ? Read(bw, "backward work") : Read(F32(dht, "dht"), "dht"),
-                    dh0 is null ? Write(bw, "backward work") : Write(F32(dh0, "dh0"), "dh0")],
+                    dh0 is null ? Write(bw, "backward work") : Write(F32(dh0, "dh0"), "dh0"), Write(dhc, "chunk state gradients")],
                    args, sx, sy);
             Launch("gdn_chunk_dqk", specs,
-                   [Read(work.Q, "q"), Read(work.K, "k"), Read(cw, "chunk work"), Read(vdO, "dO"), ReadWrite(bw, "backward work"), Write(grads, "gradients")],
+                   [Read(work.Q, "q"), Read(work.K, "k"), Read(cw, "chunk work"), Read(vdO, "dO"), ReadWrite(bw, "backward work"), Write(grads, "gradients"),
+                    Read(work.Hc, "chunk states"), Read(dhc, "chunk state gradients")],
                    args, cx, cy);
             Launch("gdn_chunk_dwy", specs,
                    [Read(work.K, "k"), Read(F32(v, "v"), "v"), Read(F32(beta, "beta"), "beta"), Read(cw, "chunk work"), Read(bw, "backward work"),
@@ -170,6 +178,7 @@ public sealed partial class VulkanBackend
             // released once the queued work that uses them has finished (deferred)
             bw.Dispose();
             grads.Dispose();
+            dhc.Dispose();
             DisposeWork(work);
         }
     }
@@ -178,6 +187,7 @@ public sealed partial class VulkanBackend
     {
         // released once the queued work that uses them has finished (deferred)
         work.Cw.Dispose();
+        work.Hc.Dispose();
         work.Qn?.Dispose();
         work.Kn?.Dispose();
     }

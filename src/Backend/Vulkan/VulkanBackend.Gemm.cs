@@ -1,4 +1,4 @@
-// GEMM on the Vulkan backend (kernels.md §1): C = α·op(A)·op(B) + β·C, batched with strides and offsets.
+// GEMM on the Vulkan backend (docs/kernels.md §1): C = α·op(A)·op(B) + β·C, batched with strides and offsets.
 // Two kernels, chosen per device (override: env TC_VULKAN_GEMM=reg|tiled):
 // - gemm_reg.comp: register blocking + vec4 + subgroupBroadcast, for CPU-type devices with a fixed subgroup
 //   size (lavapipe: 5.5–7.7 GFLOP/s measured at 1024³ vs ≤ 1.1 for shared-memory tiles);
@@ -6,7 +6,7 @@
 // Each operand is bound from its first touched element (rounded down to 16 bytes, so vec4 loads stay
 // aligned) to its extent; a batch whose ranges exceed one binding is processed in batch chunks, and a
 // single product whose operands exceed it is cut along M, N or K (GemmSplitMnk).
-// Split-K (kernels.md §1, after llama.cpp): when K ≥ 2048 and the output tiles fill at most half the
+// Split-K (docs/kernels.md §1, after llama.cpp): when K ≥ 2048 and the output tiles fill at most half the
 // cores, the K range is cut into ≤ 8 slices (multiples of 256) whose products go to a scratch buffer, and
 // gemm_splitk.comp sums them in slice order (deterministic) into C = α·ΣP + β·C.
 using System.Runtime.InteropServices;
@@ -59,7 +59,8 @@ public sealed unsafe partial class VulkanBackend
     /// <summary>The GEMM kernel in use (settable for tests of both variants on one device).</summary>
     internal GemmKernel GemmVariant { get; set; }
 
-    GemmKernel ChooseGemm()
+    /// <summary>The GEMM kernel for a tuning (TC_VULKAN_GEMM overrides).</summary>
+    internal GemmKernel ChooseGemm(KernelTuning tuning)
     {
         switch (Environment.GetEnvironmentVariable("TC_VULKAN_GEMM"))
         {
@@ -67,8 +68,8 @@ public sealed unsafe partial class VulkanBackend
             case "tiled": return GemmKernel.Tiled;
         }
         // The register kernel needs workgroup == one subgroup, which only a fixed subgroup size guarantees;
-        // CPU drivers (lavapipe 8, SwiftShader 4) have one. GPUs get the shared-memory tiles.
-        return ctx.IsCpu && ctx.SubgroupBallot && ctx.SubgroupSize <= 64 ? GemmKernel.Registers : GemmKernel.Tiled;
+        // CPU drivers (lavapipe 8, SwiftShader 4) have one. GPUs (and TC_VULKAN_KERNELS=gpu) get the tiles.
+        return tuning.Class == KernelClass.CpuDriver && ctx.SubgroupBallot && ctx.SubgroupSize <= 64 ? GemmKernel.Registers : GemmKernel.Tiled;
     }
 
     /// <inheritdoc />
@@ -77,6 +78,7 @@ public sealed unsafe partial class VulkanBackend
         var va = F32(a, "a");
         var vb = F32(b, "b");
         var vc = F32(c, "c");
+        Check.That(!ReferenceEquals(vc, va) && !ReferenceEquals(vc, vb), "gemm: tensor 'c' must not be 'a' or 'b' (the product is computed in place)");
         Check.That(s.M >= 0 && s.N >= 0 && s.K >= 0 && s.Batch >= 1, $"GEMM sizes M={s.M} N={s.N} K={s.K} batch={s.Batch} must be non-negative (batch ≥ 1)");
         Check.That(s.LdaResolved >= (s.TransA ? s.M : s.K), $"GEMM lda {s.LdaResolved} < {(s.TransA ? "M" : "K")}");
         Check.That(s.LdbResolved >= (s.TransB ? s.K : s.N), $"GEMM ldb {s.LdbResolved} < {(s.TransB ? "K" : "N")}");

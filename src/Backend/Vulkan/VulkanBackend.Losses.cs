@@ -1,4 +1,4 @@
-// Softmax and the vocabulary losses on the Vulkan backend (kernels.md §4): softmax*.comp (row kernels) and
+// Softmax and the vocabulary losses on the Vulkan backend (docs/kernels.md §4): softmax*.comp (row kernels) and
 // xent.comp (cross-entropy MODE 0, KL MODE 1), streamed over the vocabulary with an online log-sum-exp, one
 // workgroup per row, so no [N, V] temporary exists and the gradient may overwrite the logits in place.
 using System.Runtime.InteropServices;
@@ -53,6 +53,7 @@ public sealed partial class VulkanBackend
         int rows = Check.Rows(vz, "logits", v);
         Check.That(vt.Count == rows, $"tensor 'targets' {vt.ShapeText} must have {rows} elements (one per row of logits)");
         Check.That(vl.Count == rows, $"tensor 'loss' {vl.ShapeText} must have {rows} elements (one per row of logits)");
+        CheckIds(vt, "targets", v, negativeOk: true, $"'logits' {vz.ShapeText}");
         var vd = dlogits is null ? null : F32(dlogits, "dlogits");
         if (vd is not null) Check.SameCount(vz, "logits", vd, "dlogits");
         if (rows == 0) return;

@@ -1,4 +1,4 @@
-// Reductions, AdamW and gradient-norm clipping on the Vulkan backend (kernels.md §4): reduce.comp,
+// Reductions, AdamW and gradient-norm clipping on the Vulkan backend (docs/kernels.md §4): reduce.comp,
 // adamw.comp, elementwise.comp (CLIP_SCALE). Reductions are two-pass and deterministic: fixed chunks per
 // workgroup (depending only on the element count) into partial sums, then one workgroup combines the
 // partials in order. Tensors above one binding are reduced chunk by chunk into the same partial array.
@@ -69,7 +69,8 @@ public sealed partial class VulkanBackend
         long parts = PartialCount(vx.Count);
         using var partial = Scratch(parts);
         ReducePartials(code, vx, "x", partial, 0);
-        float scale = op == ReduceOp.Mean && vx.Count > 0 ? (float)(1.0 / vx.Count) : 1f;
+        // The mean of no elements is NaN (0·NaN), as on the CPU (0/0): see IBackend.Reduce.
+        float scale = op != ReduceOp.Mean ? 1f : vx.Count > 0 ? (float)(1.0 / vx.Count) : float.NaN;
         Launch("reduce", [ReduceWg, 1, code], [Read(partial, "partial sums"), Bind(vr, "result", true, 0, 1)],
             new ReduceArgs { N = (uint)parts, Scale = scale }, 1);
     }

@@ -1,4 +1,4 @@
-// The Vulkan implementation of IBackend (contract: ../IBackend.cs; maths: kernels.md). This file holds the
+// The Vulkan implementation of IBackend (contract: ../IBackend.cs; maths: docs/kernels.md). This file holds the
 // device objects and the memory ops; the op families live in VulkanBackend.<Family>.cs, the generic
 // binding/dispatch helpers in VulkanBackend.Dispatch.cs. Ops are recorded, not run: they execute in order
 // on one queue, and Download/Synchronize wait for them (CommandRecorder.cs).
@@ -34,7 +34,8 @@ public sealed unsafe partial class VulkanBackend : IBackend
             pipes = new Pipelines(ctx);
             dummy = mem.Device.Create(16);
             rec = new CommandRecorder(ctx, pipes, dummy);
-            GemmVariant = ChooseGemm();
+            Tuning = KernelTuning.For(ctx.Properties.DeviceType, ctx.Properties.VendorID, ctx.SubgroupSize);
+            GemmVariant = ChooseGemm(Tuning);
         }
         catch
         {
@@ -52,6 +53,10 @@ public sealed unsafe partial class VulkanBackend : IBackend
     public DeviceInfo Info => ctx.Info;
 
     internal VulkanContext Context => ctx;
+
+    /// <summary>The attention and chunked-GDN kernel variants and their tile sizes (KernelClass.cs); settable
+    /// for tests of the GPU variants on lavapipe.</summary>
+    internal KernelTuning Tuning { get; set; }
     internal CommandRecorder Recorder => rec;
 
     /// <summary>Largest byte range one kernel binding may cover: maxStorageBufferRange, or less for tests of
@@ -115,6 +120,37 @@ public sealed unsafe partial class VulkanBackend : IBackend
         var v = I32(t, "upload target");
         if (data.Length != v.Count) throw new ArgumentException($"upload of {data.Length} ids into tensor {v.ShapeText} ({v.Count} elements)");
         fixed (int* p = data) UploadBytes(v, (byte*)p);
+        v.KnownIdRange = RangeOf(data);
+    }
+
+    static (int Min, int Max) RangeOf(ReadOnlySpan<int> ids)
+    {
+        int min = int.MaxValue, max = int.MinValue;
+        foreach (var id in ids) { min = Math.Min(min, id); max = Math.Max(max, id); }
+        return (min, max);
+    }
+
+    /// <summary>
+    /// Throws, before any work of the calling op is queued, if an id of <paramref name="ids"/> lies outside
+    /// [0, <paramref name="hi"/>) (negative ids pass when <paramref name="negativeOk"/>).
+    /// Uses the host-known range when there is one, else downloads the ids (a synchronisation point).
+    /// </summary>
+    internal void CheckIds(VulkanTensor ids, string name, int hi, bool negativeOk, string against)
+    {
+        if (ids.Count == 0) return;
+        if (ids.KnownIdRange is not { } r)
+        {
+            var host = new int[ids.Count];
+            Download(ids, host);
+            r = RangeOf(host);
+            ids.KnownIdRange = r;
+        }
+        if ((negativeOk || r.Min >= 0) && r.Max < hi) return;
+        var all = new int[ids.Count];
+        Download(ids, all);
+        int at = Array.FindIndex(all, id => id >= hi || (!negativeOk && id < 0));
+        string range = negativeOk ? $"below {hi} (negative = ignored)" : $"in [0,{hi})";
+        throw new ArgumentException($"tensor '{name}' {ids.ShapeText} holds {all[at]} at position {at}, expected ids {range} of {against}");
     }
 
     void UploadBytes(VulkanTensor t, byte* src)
@@ -192,6 +228,7 @@ public sealed unsafe partial class VulkanBackend : IBackend
         var s = Own(src, "src", src.DType);
         var d = Own(dst, "dst", dst.DType);
         if (s.DType != d.DType) throw new ArgumentException($"copy from {s.DType} tensor 'src' to {d.DType} tensor 'dst'");
+        d.KnownIdRange = null;
         if (srcOffset < 0 || dstOffset < 0 || count < 0 || srcOffset + count > s.Count || dstOffset + count > d.Count)
             throw new ArgumentException($"copy of {count} elements from 'src' {s.ShapeText} at {srcOffset} to 'dst' {d.ShapeText} at {dstOffset} is out of range");
         if (count == 0) return;

@@ -16,6 +16,11 @@ internal sealed class VulkanTensor : Tensor
 
     /// <summary>The buffer; <see cref="DeviceBuffer.Size"/> ≥ 4·Count (at least 16 bytes).</summary>
     internal DeviceBuffer Buffer { get; }
+    /// <summary>
+    /// Smallest and largest id of an I32 tensor when the host knows them (set by an upload or a check, cleared
+    /// by any write on the device), so ops that validate ids need no download in the common case.
+    /// </summary>
+    internal (int Min, int Max)? KnownIdRange { get; set; }
     /// <summary>Bytes of the elements (4·Count).</summary>
     internal ulong Bytes => 4UL * (ulong)Count;
     /// <inheritdoc />

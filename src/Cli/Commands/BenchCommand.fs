@@ -34,7 +34,7 @@ let run (args: ParseResults<Args>) =
             | None ->
                 let known = String.concat ", " Suites.names
                 usageError $"--suite {suite}: unknown suite; known: {known}, all"
-    let opts = { BenchCore.defaultOptions with Quick = args.Contains Quick; MinSeconds = args.GetResult(Min_Seconds, 1.0) }
+    let opts = { BenchCore.defaultOptions with Quick = args.Contains Quick; MinSeconds = args.GetResult(Min_Seconds, 1.0) |> finite "--min-seconds" }
     use be = openDevice (args.TryGetResult Device)
     printfn "device: %s (%s)" be.Name be.Info.Name
     let records =

@@ -2,6 +2,7 @@
 /// opening the backend named by --device.
 module TaylorCalibrate.Cli.Common
 
+open System
 open TaylorCalibrate.Backend
 open TaylorCalibrate.Pipeline
 
@@ -10,6 +11,17 @@ exception UsageError of string
 
 /// Stops the command with a one-line error and exit code 2.
 let usageError (msg: string) : 'a = raise (UsageError msg)
+
+/// The user stopped the command (Ctrl-C): reported as "interrupted", exit code 130, with the command that
+/// continues the run when there is one.
+exception Interrupted of continueWith: string option
+
+/// The command line of this run with `flag` added (if absent), quoted for a POSIX shell: what continues it.
+let commandLineWith (flag: string) =
+    let args = Environment.GetCommandLineArgs() |> Array.skip 1 |> List.ofArray
+    let args = if List.contains flag args then args else args @ [ flag ]
+    let quote (a: string) = if a <> "" && a |> Seq.forall (fun c -> Char.IsLetterOrDigit c || "-_./:=,".Contains c) then a else "'" + a.Replace("'", "'\\''") + "'"
+    "taylor-calibrate " + (args |> List.map quote |> String.concat " ")
 
 /// Unwraps a loader result, turning an InputError into a usage error.
 let orFail (r: Result<'a, InputError>) : 'a =
@@ -21,3 +33,20 @@ let orFail (r: Result<'a, InputError>) : 'a =
 let openDevice (spec: string option) : IBackend =
     try Devices.Open(defaultArg spec "auto")
     with :? DeviceException as e -> usageError e.Message
+
+/// Documents of a text file or directory (Corpus.readDocuments), warning once on stderr when the text is not
+/// clean UTF-8 (invalid sequences or binary bytes), with the file and byte offset where that begins.
+let readText (path: string) : string list =
+    let docs = TaylorCalibrate.Pipeline.Text.Corpus.readDocuments path |> orFail
+    TaylorCalibrate.Pipeline.Text.Corpus.textWarning path |> Option.iter (eprintfn "warning: %s")
+    docs
+
+/// A float option that must be a finite number (NaN and ±Inf parse as floats but mean nothing here).
+let finite (option: string) (v: float) : float =
+    if Double.IsNaN v || Double.IsInfinity v then usageError $"{option} {v}: expected a finite number"
+    v
+
+/// A path option that must not be empty or blank.
+let nonEmptyPath (option: string) (p: string) : string =
+    if String.IsNullOrWhiteSpace p then usageError $"{option} \"{p}\": expected a path"
+    p

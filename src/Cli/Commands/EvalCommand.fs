@@ -61,7 +61,7 @@ let run (args: ParseResults<Args>) =
         let oc = AnyModel.config o
         if oc.Vocab <> config.Vocab then
             usageError $"--vs {args.GetResult Vs}: vocabulary {oc.Vocab} differs from the model's {config.Vocab}")
-    let docs = Corpus.readDocuments textPath |> orFail
+    let docs = readText textPath
     let stream = Corpus.tokenStreamUpTo tok (args.TryGetResult Max_Tokens) docs
     let set = Perplexity.prepare textPath config stream (args.TryGetResult Window) (args.TryGetResult Max_Tokens) |> orFail
     use be = openDevice (args.TryGetResult Device)

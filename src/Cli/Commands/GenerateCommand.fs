@@ -5,6 +5,7 @@ module TaylorCalibrate.Cli.GenerateCommand
 open System
 open Argu
 open TaylorCalibrate.Pipeline.Model
+open TaylorCalibrate.Pipeline.Student
 open TaylorCalibrate.Cli.Common
 
 type Args =
@@ -29,17 +30,18 @@ type Args =
 let run (args: ParseResults<Args>) =
     let path = args.GetResult Model
     let steps = args.GetResult(Steps, 64)
-    let temperature = args.GetResult(Temperature, 0.0)
+    let temperature = args.GetResult(Temperature, 0.0) |> finite "--temperature"
     if steps <= 0 then usageError $"--steps must be positive, got {steps}"
     if temperature < 0.0 || Double.IsNaN temperature then usageError $"--temperature must be ≥ 0, got {temperature}"
-    let t = ModelFiles.loadTeacher path |> orFail
-    let tok = ModelFiles.tokenizerFor path t.Config (args.TryGetResult Tokenizer) |> orFail
+    let model = AnyModel.load path |> orFail
+    let c = AnyModel.config model
+    let tok = AnyModel.tokenizerFor path model (args.TryGetResult Tokenizer) |> orFail
     let prompt = args.GetResult(Prompt, "")
     let ids = tok.Encode(prompt, true)
     if ids.Length = 0 then usageError "the prompt is empty and the tokenizer has no BOS to start from"
-    if ids.Length >= t.Config.Context then usageError $"the prompt has {ids.Length} tokens; the context is {t.Config.Context}"
+    if ids.Length >= c.Context then usageError $"the prompt has {ids.Length} tokens; the context is {c.Context}"
     use be = openDevice (args.TryGetResult Device)
-    use m = new DeviceTeacher(be, t)
+    use m = AnyModel.decoderOn be model
     let all = Collections.Generic.List<int>(ids)
     let mutable shown = tok.Decode ids
     printf "%s" shown

@@ -7,6 +7,7 @@ open System
 open Argu
 open TaylorCalibrate.Pipeline.Io
 open TaylorCalibrate.Pipeline.Model
+open TaylorCalibrate.Pipeline.Student
 open TaylorCalibrate.Cli.Common
 
 type Args =
@@ -35,13 +36,13 @@ let private parseIds (s: string) =
 
 let run (args: ParseResults<Args>) =
     let path = args.GetResult Model
-    let t = ModelFiles.loadTeacher path |> orFail
-    let c = t.Config
+    let model = AnyModel.load path |> orFail
+    let c = AnyModel.config model
     let ids =
         match args.TryGetResult Ids, args.TryGetResult Text with
         | Some s, None -> parseIds s
         | None, Some text ->
-            let tok = ModelFiles.tokenizerFor path c (args.TryGetResult Tokenizer) |> orFail
+            let tok = AnyModel.tokenizerFor path model (args.TryGetResult Tokenizer) |> orFail
             tok.Encode(text, true)
         | _ -> usageError "give exactly one of --ids and --text"
     if ids.Length = 0 then usageError "no tokens to run"
@@ -50,9 +51,9 @@ let run (args: ParseResults<Args>) =
     | Some id -> usageError $"token id {id} is outside the vocabulary [0, {c.Vocab})"
     | None -> ()
     use be = openDevice (args.TryGetResult Device)
-    use m = new DeviceTeacher(be, t)
-    let logits = Forward.logits m ids 1 ids.Length
-    let out = args.GetResult Out
+    use m = AnyModel.decoderOn be model
+    let logits = Decoder.logits m ids 1 ids.Length
+    let out = args.GetResult Out |> nonEmptyPath "--out"
     Safetensors.write out Map.empty
         [ "logits", [| ids.Length; c.Vocab |], Safetensors.F32 logits
           "ids", [| ids.Length |], Safetensors.I32 ids ]

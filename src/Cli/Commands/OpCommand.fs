@@ -125,7 +125,7 @@ let run (args: ParseResults<Args>) =
         let known = OpRunner.catalogue |> List.map fst |> String.concat ", "
         usageError $"unknown op '{op}'; known ops: {known}"
     let inputPath = args.GetResult Inputs
-    let outPath = args.GetResult Out
+    let outPath = args.GetResult Out |> nonEmptyPath "--out"
     let inputs = readInputs inputPath
     use be = openDevice (args.TryGetResult Device)
     let outputs = OpRunner.run be op opts inputPath inputs |> orFail

@@ -10,7 +10,9 @@ let all: (string * string * (IBackend -> BenchOptions -> (BenchRecord -> unit) -
       "attention", "causal GQA softmax attention tokens/s, forward and forward+backward, T 512–8192", SequenceSuite.runAttention
       "gdn", "gated delta rule tokens/s, chunked vs recurrent, forward and forward+backward, T 512–8192", SequenceSuite.runGdn
       "teacher", "teacher forward tokens/s: stories260K shape and a 4-layer D256 Llama (random weights)", TeacherSuite.run
-      "align", "seconds per Phase-2 alignment step of a D=1024, 16x64-head GDN layer on 4x256 tokens", AlignSuite.run ]
+      "align", "seconds per Phase-2 alignment step of a D=1024, 16x64-head GDN layer on 4x256 tokens", AlignSuite.run
+      "train", "training tokens/s and model FLOP rate (4-layer D256 GQA Llama, B=8 T=256 on the CPU; a small model elsewhere), with and without recompute", TrainSuite.run
+      "gpu-shapes", "fp32 GEMM GFLOP/s at GPU sizes: 4096³ and an 8192-token 4096->4096 projection", GpuShapesSuite.run ]
 
 let names = all |> List.map (fun (n, _, _) -> n)
 

@@ -33,9 +33,9 @@ let randomTeacher (c: ModelConfig) =
 
 let run (be: IBackend) (opts: BenchOptions) (report: BenchRecord -> unit) =
     [ for name, c, B, T in cases opts.Quick do
-        use m = new DeviceTeacher(be, randomTeacher c)
+        use m = new DeviceDecoder(be, randomTeacher c)
         let ids = Array.init (B * T) (fun i -> (i * 7919) % c.Vocab)
-        let seconds = measure be opts (fun () -> (Forward.run m ids B T Forward.ForwardOptions.none).Logits.Dispose())
+        let seconds = measure be opts (fun () -> (Decoder.forward m ids B T Decoder.ForwardOptions.none).Logits.Dispose())
         let r =
             { Suite = "teacher"; Device = be.Name; Case = name; M = Some(B * T); N = Some c.Vocab; K = Some c.Dim
               Seconds = seconds; Gflops = None; TokensPerSecond = Some(float (B * T) / seconds) }

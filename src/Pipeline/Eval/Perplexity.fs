@@ -1,4 +1,4 @@
-/// Perplexity with one fixed protocol (method.md §8, issue 4 §4): the token stream is cut into
+/// Perplexity with one fixed protocol (docs/method.md §8): the token stream is cut into
 /// consecutive non-overlapping windows of W tokens (the final partial window is dropped; nothing is carried
 /// between windows); inside each window tokens 2..W are predicted from their prefix, so each window gives
 /// W−1 targets. PPL = exp(Σ NLL / Σ targets), accumulated in double. With a reference model `vs` (the
@@ -69,10 +69,10 @@ type LogitsModel =
       Vocab: int
       Logits: int[] -> int -> int -> Tensor }
 
-/// A teacher as a LogitsModel.
-let teacherModel (m: DeviceTeacher) : LogitsModel =
+/// A decoder (teacher or student) as a LogitsModel.
+let decoderModel (m: DeviceDecoder) : LogitsModel =
     { Backend = m.Backend; Vocab = m.Config.Vocab
-      Logits = fun ids B T -> (Forward.run m ids B T Forward.ForwardOptions.none).Logits }
+      Logits = fun ids B T -> (Decoder.forward m ids B T Decoder.ForwardOptions.none).Logits }
 
 /// Evaluates the set with any model (teacher or student); `vs` adds the mean KL. Cancellation stops between batches.
 let evaluateModel (m: LogitsModel) (vs: LogitsModel option) (set: EvalSet) (progress: IProgress<Progress> option) (ct: CancellationToken) =
@@ -122,6 +122,6 @@ let evaluateModel (m: LogitsModel) (vs: LogitsModel option) (set: EvalSet) (prog
       TokensPerSecond = float tokens / max seconds 1e-9
       MeanKl = vs |> Option.map (fun _ -> totalKl / float predicted) }
 
-/// Evaluates the set with a teacher; `vs` (same vocabulary, same backend) adds the mean KL.
-let evaluate (m: DeviceTeacher) (vs: DeviceTeacher option) (set: EvalSet) (progress: IProgress<Progress> option) (ct: CancellationToken) =
-    evaluateModel (teacherModel m) (vs |> Option.map teacherModel) set progress ct
+/// Evaluates the set with a decoder; `vs` (same vocabulary, same backend) adds the mean KL.
+let evaluate (m: DeviceDecoder) (vs: DeviceDecoder option) (set: EvalSet) (progress: IProgress<Progress> option) (ct: CancellationToken) =
+    evaluateModel (decoderModel m) (vs |> Option.map decoderModel) set progress ct

@@ -30,14 +30,14 @@ let sample (rng: Random) (values: float32[]) (row: int) (V: int) (temperature: f
 
 /// Continues `prompt` (non-empty ids) by `steps` tokens; the window slides once it reaches the context.
 /// `onToken` sees each new id as it is produced.
-let run (m: DeviceTeacher) (prompt: int[]) (steps: int) (temperature: float) (seed: int) (onToken: int -> unit) : int[] =
+let run (m: DeviceDecoder) (prompt: int[]) (steps: int) (temperature: float) (seed: int) (onToken: int -> unit) : int[] =
     if prompt.Length = 0 then invalidArg "prompt" "generation needs at least one prompt id (e.g. BOS)"
     let V = m.Config.Vocab
     let rng = Random seed
     let ids = Collections.Generic.List<int>(prompt)
     for _ in 1 .. steps do
         let window = ids.GetRange(max 0 (ids.Count - m.Config.Context), min ids.Count m.Config.Context).ToArray()
-        let logits = Forward.logits m window 1 window.Length
+        let logits = Decoder.logits m window 1 window.Length
         let last = window.Length - 1
         let next = if temperature <= 0.0 then argmax logits last V else sample rng logits last V temperature
         ids.Add next

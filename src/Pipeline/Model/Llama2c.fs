@@ -1,6 +1,6 @@
 /// Loads llama2.c checkpoints (karpathy/llama2.c run.c, "legacy" export): 7 little-endian int32
 /// (dim, hidden, layers, heads, kv_heads, vocab — negative when a separate classifier follows — seq_len),
-/// then fp32 [out,in] arrays grouped by kind across layers (platform.md). RoPE pairs adjacent coordinates,
+/// then fp32 [out,in] arrays grouped by kind across layers (docs/platform.md). RoPE pairs adjacent coordinates,
 /// θ = 10000, RMSNorm eps 1e-5.
 module TaylorCalibrate.Pipeline.Model.Llama2c
 
@@ -40,8 +40,16 @@ let load (path: string) : Result<Teacher, InputError> =
         let floats =
             v * d + l * d + l * d * d + 2L * l * kv * d + l * d * d + l * d + 3L * l * f * d + d + ropeTables
             + (if c.TiedEmbeddings then 0L else v * d)
+        // The same sum in doubles: a forged header (dim 2^30) overflows the int64 one into a small or negative
+        // number that a short file would pass. Below 2^53 the double is exact, above it the check still fails.
+        let floatsExact =
+            let d, f, l, v, kv, rope = float d, float f, float l, float v, float kv, float ropeTables
+            v * d + l * d + l * d * d + 2.0 * l * kv * d + l * d * d + l * d + 3.0 * l * f * d + d + rope
+            + (if c.TiedEmbeddings then 0.0 else v * d)
         let expected = 28L + 4L * floats
-        if int64 bytes.Length < expected then
+        if float bytes.Length < 28.0 + 4.0 * floatsExact then
+            Error(CorruptFile(path, $"has {bytes.Length} bytes, the header's shapes need {28.0 + 4.0 * floatsExact:G6} (truncated, or not a llama2.c checkpoint)"))
+        elif int64 bytes.Length < expected then
             Error(CorruptFile(path, $"has {bytes.Length} bytes, the header's shapes need {expected} (truncated, or not a llama2.c checkpoint)"))
         else
         let mutable pos = 28

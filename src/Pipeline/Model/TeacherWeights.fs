@@ -66,3 +66,26 @@ module TeacherWeights =
             n l.AttnNorm + n l.Wq + n l.Wk + n l.Wv + n l.Wo + opt l.Bq + opt l.Bk + opt l.Bv + opt l.Bo
             + opt l.QNorm + opt l.KNorm + n l.MlpNorm + n l.Gate + n l.Up + n l.Down
         n w.Embedding + (w.Layers |> Array.sumBy layer) + n w.FinalNorm + opt w.LmHead
+
+    /// Every tensor with a name in forward order (Hugging Face names; llama2.c files hold the same tensors).
+    let named (w: TeacherWeights) : (string * float32[]) list =
+        let layer i (l: LayerWeights) =
+            let p n = $"model.layers.{i}.{n}"
+            [ p "input_layernorm.weight", Some l.AttnNorm
+              p "self_attn.q_proj.weight", Some l.Wq; p "self_attn.k_proj.weight", Some l.Wk; p "self_attn.v_proj.weight", Some l.Wv
+              p "self_attn.q_proj.bias", l.Bq; p "self_attn.k_proj.bias", l.Bk; p "self_attn.v_proj.bias", l.Bv
+              p "self_attn.q_norm.weight", l.QNorm; p "self_attn.k_norm.weight", l.KNorm
+              p "self_attn.o_proj.weight", Some l.Wo; p "self_attn.o_proj.bias", l.Bo
+              p "post_attention_layernorm.weight", Some l.MlpNorm
+              p "mlp.gate_proj.weight", Some l.Gate; p "mlp.up_proj.weight", Some l.Up; p "mlp.down_proj.weight", Some l.Down ]
+            |> List.choose (fun (n, a) -> a |> Option.map (fun a -> n, a))
+        [ yield "model.embed_tokens.weight", w.Embedding
+          for i in 0 .. w.Layers.Length - 1 do yield! layer i w.Layers[i]
+          yield "model.norm.weight", w.FinalNorm
+          match w.LmHead with Some h -> yield "lm_head.weight", h | None -> () ]
+
+    /// The first tensor (in forward order) holding a NaN or ±Inf, with the flat index of the first such value:
+    /// where a non-finite forward pass would begin.
+    let firstNonFinite (w: TeacherWeights) : (string * int * float32) option =
+        named w |> List.tryPick (fun (n, a) ->
+            a |> Array.tryFindIndex (fun v -> not (System.Single.IsFinite v)) |> Option.map (fun i -> n, i, a[i]))

@@ -1,4 +1,4 @@
-/// report.json of a conversion (issue 5 §3): per layer and head the mean distance, entropy, target decay,
+/// report.json of a conversion: per layer and head the mean distance, entropy, target decay,
 /// β target, σ, α, Taylor errors, alignment loss curve, final MSE and cosine; plus timings and provenance.
 /// Non-finite numbers (a first-order Taylor denominator of 0) are written as null.
 module TaylorCalibrate.Pipeline.Report.ConvertReport
@@ -48,6 +48,8 @@ let toJson (r: Report) : string =
     cal["documents"] <- JsonValue.Create r.Calibration.Documents
     cal["eval_source"] <- (match r.Calibration.EvalSource with Some s -> JsonValue.Create s :> JsonNode | None -> null)
     cal["overlapping_documents"] <- JsonValue.Create r.Calibration.OverlappingDocuments
+    // False when no evaluation text was given: the overlap is then unknown, not zero.
+    cal["overlap_checked"] <- JsonValue.Create r.Calibration.EvalSource.IsSome
     o["calibration"] <- cal
     let layers = JsonArray()
     for e in r.Layers do
@@ -80,7 +82,9 @@ let toJson (r: Report) : string =
             l["alignment_seconds"] <- num a.Seconds
         | None -> ()
         l["final_mse"] <- num c.Fit.Mse
-        l["final_cosine"] <- num c.Fit.Cosine
+        // Two cosines, named: the flattened one and the reference's mean per-token one.
+        l["final_cosine_flattened"] <- num c.Fit.Cosine
+        l["final_cosine_mean_per_token"] <- num c.Fit.MeanTokenCosine
         l["seconds"] <- num c.Seconds
         layers.Add l
     o["layers"] <- layers

@@ -1,90 +1,112 @@
-/// report.html of a conversion and the ablation plot: alignment loss curves per layer, and per-head bars of
-/// mean distance, entropy, Phase 1 targets and first/second-order Taylor errors. Plotly.NET 6.0.0 needs
-/// FSharp.Core ≥ 10.1.403 while the solution pins 10.1.401, so the page emits plotly.js figure JSON
-/// directly (same charts, no extra package).
+/// report.html of a conversion and the ablation page: alignment loss curves per layer, and per-head bars of
+/// mean distance, entropy, Phase 1 targets and first/second-order Taylor errors. Pages are self-contained:
+/// charts are inline SVG (SvgChart), each beside a table of its key figures and its data as embedded JSON,
+/// with no script to run and nothing to fetch, so they read the same offline.
 module TaylorCalibrate.Pipeline.Report.ReportHtml
 
 open System
 open System.Net
-open System.Text.Json
-open System.Text.Json.Nodes
+open System.Text
+open TaylorCalibrate.Pipeline.Report.SvgChart
 
-/// One plotly.js trace.
-type Trace =
-    | Line of name: string * xs: float[] * ys: float[]
-    | Bars of name: string * keys: string[] * ys: float[]
+let private esc (s: string) = WebUtility.HtmlEncode s
+let private cell (v: float) = if Double.IsFinite v then v.ToString("G5", Globalization.CultureInfo.InvariantCulture) else "–"
 
-let private num (x: float) : JsonNode = if Double.IsFinite x then JsonValue.Create x else null
+/// The key figures of a chart as an HTML table: per line its points, first, last and lowest value; for
+/// bars every value (category by series).
+let keyTable (ch: Chart) : string =
+    let sb = StringBuilder()
+    let row (cells: string seq) (tag: string) =
+        sb.Append("<tr>") |> ignore
+        for x in cells do sb.Append($"<{tag}>{x}</{tag}>") |> ignore
+        sb.Append("</tr>\n") |> ignore
+    sb.Append("<table>\n") |> ignore
+    match ch.Plot with
+    | Lines ss ->
+        row [ "series"; "points"; "first"; "last"; "lowest"; $"at {esc ch.XLabel}" ] "th"
+        for s in ss do
+            let finite = Array.zip s.Xs s.Ys |> Array.filter (fun (x, y) -> Double.IsFinite x && Double.IsFinite y)
+            if finite.Length = 0 then row [ esc s.Name; "0"; "–"; "–"; "–"; "–" ] "td"
+            else
+                let lx, ly = finite |> Array.minBy snd
+                row [ esc s.Name; string finite.Length; cell (snd finite[0]); cell (snd finite[finite.Length - 1]); cell ly; cell lx ] "td"
+    | Bars(cats, ss) ->
+        row ("" :: [ for s in ss -> esc s.Name ]) "th"
+        cats |> Array.iteri (fun k cat -> row (esc cat :: [ for s in ss -> if k < s.Values.Length then cell s.Values[k] else "–" ]) "td")
+    sb.Append("</table>").ToString()
 
-let private traceJson (t: Trace) =
-    let o = JsonObject()
-    match t with
-    | Line(name, xs, ys) ->
-        o["type"] <- JsonValue.Create "scatter"
-        o["mode"] <- JsonValue.Create "lines"
-        o["name"] <- JsonValue.Create name
-        o["x"] <- JsonArray(xs |> Array.map num)
-        o["y"] <- JsonArray(ys |> Array.map num)
-    | Bars(name, keys, ys) ->
-        o["type"] <- JsonValue.Create "bar"
-        o["name"] <- JsonValue.Create name
-        o["x"] <- JsonArray(keys |> Array.map (fun k -> JsonValue.Create k :> JsonNode))
-        o["y"] <- JsonArray(ys |> Array.map num)
-    o :> JsonNode
+/// One chart with its table and data.
+let private figureHtml (ch: Chart) =
+    $"""<section class="figure">
+<div class="picture">
+{render false ch}</div>
+<div class="figures">
+{keyTable ch}
+<details><summary>data (JSON)</summary><pre>{esc (toJson ch)}</pre></details>
+</div>
+<script type="application/json" class="chart-data">{(toJsonNode ch).ToJsonString()}</script>
+</section>"""
 
-/// A figure: title, traces, and whether the y axis is logarithmic.
-type Figure = { Title: string; Traces: Trace list; LogY: bool }
+let private style = """<style>
+body { font-family: sans-serif; margin: 1.5em; }
+.figure { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; margin-bottom: 2em; }
+.picture svg { max-width: 100%; height: auto; }
+table { border-collapse: collapse; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+pre { max-height: 20em; overflow: auto; font-size: 11px; }
+</style>"""
 
-let private figureHtml (i: int) (f: Figure) =
-    let data = JsonArray(f.Traces |> List.map traceJson |> Array.ofList)
-    let layout = JsonObject()
-    layout["title"] <- JsonValue.Create f.Title
-    layout["barmode"] <- JsonValue.Create "group"
-    if f.LogY then
-        let y = JsonObject()
-        y["type"] <- JsonValue.Create "log"
-        layout["yaxis"] <- y
-    $"""<div id="fig{i}" style="width:100%%;height:420px"></div>
-<script>Plotly.newPlot("fig{i}", {data.ToJsonString()}, {layout.ToJsonString()});</script>"""
-
-/// A page of figures.
-let page (title: string) (figures: Figure list) =
-    let body = figures |> List.mapi figureHtml |> String.concat "\n"
+/// A page of charts (those without any finite value are listed as empty instead of drawn).
+let page (title: string) (charts: Chart list) =
+    let drawn, empty = charts |> List.partition hasData
+    let body = drawn |> List.map figureHtml |> String.concat "\n"
+    let emptyNote =
+        if empty.IsEmpty then ""
+        else "<p>No finite values to draw: " + (empty |> List.map (fun ch -> esc ch.Title) |> String.concat "; ") + ".</p>"
     $"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{WebUtility.HtmlEncode title}</title>
-<script src="https://cdn.plot.ly/plotly-2.27.1.min.js"></script></head>
-<body><h1>{WebUtility.HtmlEncode title}</h1>
+<html><head><meta charset="utf-8"><title>{esc title}</title>
+{style}</head>
+<body><h1>{esc title}</h1>
 {body}
+{emptyNote}
 </body></html>"""
 
 let private heads (ys: float[]) = ys |> Array.mapi (fun h _ -> $"head {h}")
 
-/// The conversion report page.
-let convertPage (r: ConvertReport.Report) : string =
+/// The charts of a conversion report.
+let convertCharts (r: ConvertReport.Report) : Chart list =
     let losses =
         [ for e in r.Layers do
             match e.Convert.Alignment with
-            | Some a -> yield Line($"layer {e.Convert.Layer}", Array.init a.Losses.Length float, a.Losses)
+            | Some a -> yield $"layer {e.Convert.Layer}", Array.init a.Losses.Length float, a.Losses
             | None -> () ]
-    let lossFig = if losses.IsEmpty then [] else [ { Title = "Phase 2 alignment loss (MSE after o_proj) per step"; Traces = losses; LogY = true } ]
-    let layerFigs =
+    let lossChart = if losses.IsEmpty then [] else [ lines "Phase 2 alignment loss (MSE after o_proj) per step" "step" "MSE" true losses ]
+    let layerCharts =
         [ for e in r.Layers do
             let c = e.Convert
-            yield { Title = $"layer {c.Layer}: attention statistics"; LogY = false
-                    Traces = [ Bars("mean distance", heads c.MeanDistance, c.MeanDistance); Bars("entropy", heads c.Entropy, c.Entropy) ] }
+            yield bars $"layer {c.Layer}: attention statistics" "value" false (heads c.MeanDistance)
+                      [ "mean distance", c.MeanDistance; "entropy", c.Entropy ]
             match c.Phase1 with
             | Some p ->
-                yield { Title = $"layer {c.Layer}: Phase 1 (alpha = {p.Alpha:G3})"; LogY = false
-                        Traces = [ Bars("target decay", heads p.TargetDecay, p.TargetDecay); Bars("beta target", heads p.BetaTarget, p.BetaTarget)
-                                   Bars("sigma", heads p.Sigma, p.Sigma) ] }
+                yield bars $"layer {c.Layer}: Phase 1 (alpha = {p.Alpha:G3})" "value" false (heads p.TargetDecay)
+                          [ "target decay", p.TargetDecay; "beta target", p.BetaTarget; "sigma", p.Sigma ]
             | None -> ()
             match e.Taylor with
             | Some t ->
-                yield { Title = $"layer {c.Layer}: Taylor linear attention relative error"; LogY = true
-                        Traces = [ Bars("first order", heads t.FirstOrder, t.FirstOrder); Bars("second order", heads t.SecondOrder, t.SecondOrder) ] }
+                yield bars $"layer {c.Layer}: Taylor linear attention relative error" "relative error" true (heads t.FirstOrder)
+                          [ "first order", t.FirstOrder; "second order", t.SecondOrder ]
             | None -> () ]
-    page $"Taylor-Calibrate conversion: {r.Init}, kept {r.Kept}, GQA {r.GqaExpand}" (lossFig @ layerFigs)
+    lossChart @ layerCharts
 
-/// A bar chart of zero-shot perplexities (log scale).
+/// The conversion report page.
+let convertPage (r: ConvertReport.Report) : string =
+    page $"Taylor-Calibrate conversion: {r.Init}, kept {r.Kept}, GQA {r.GqaExpand}" (convertCharts r)
+
+/// The ablation chart: zero-shot perplexities as bars (log scale).
+let ablationChart (title: string) (rows: (string * float) list) : Chart =
+    bars title "perplexity" true (rows |> List.map fst |> Array.ofList) [ "zero-shot PPL", rows |> List.map snd |> Array.ofList ]
+
+/// A page with the ablation chart and its table.
 let ablationPage (title: string) (rows: (string * float) list) : string =
-    page title [ { Title = title; LogY = true; Traces = [ Bars("zero-shot PPL", rows |> List.map fst |> Array.ofList, rows |> List.map snd |> Array.ofList) ] } ]
+    page title [ ablationChart title rows ]

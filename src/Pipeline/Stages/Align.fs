@@ -1,7 +1,8 @@
-/// Phase 2 of Taylor-Calibrate (method.md §5.3, §11c): per GDN layer, teacher-forced on its traced input x,
+/// Phase 2 of Taylor-Calibrate (docs/method.md §5.3, §11c): per GDN layer, teacher-forced on its traced input x,
 /// minimise mean((GDN(x) − Y)²) (after o_proj) with full-batch AdamW, fp32. lr 1e-4 for q/k/v_proj, 1e-3
 /// for A_log, dt_bias, a/b/g_proj; o_proj and o_norm frozen; weight decay 0.01; gradient-norm clip 1.0;
-/// 300 steps. The loss at step s is measured on θ_s before its update, and θ_s itself is snapshotted when
+/// 300 steps, on the shared optimizer (Training/AdamW.fs, ParameterGroups.Presets.phase2, Trainer.step).
+/// The loss at step s is measured on θ_s before its update, and θ_s itself is snapshotted when
 /// it is the best so far; θ after the last update is evaluated too; the exact best θ is restored.
 module TaylorCalibrate.Pipeline.Stages.Align
 
@@ -9,11 +10,13 @@ open System
 open System.Diagnostics
 open System.Threading
 open TaylorCalibrate.Backend
+open TaylorCalibrate.Pipeline.Layers
 open TaylorCalibrate.Pipeline.Model
 open TaylorCalibrate.Pipeline.Student
 open TaylorCalibrate.Pipeline.Stages.TeacherTrace
+open TaylorCalibrate.Pipeline.Training
 
-/// Every constant of Phase 2 (method.md §5.3 defaults; betas/eps are PyTorch's).
+/// Every constant of Phase 2 (docs/method.md §5.3 defaults; betas/eps are PyTorch's).
 type AlignOptions =
     { Steps: int
       /// q/k/v_proj.
@@ -46,11 +49,30 @@ type AlignResult =
 /// How well a layer's output matches the teacher's.
 type LayerFit =
     { Mse: float
-      /// Cosine similarity of the flattened outputs.
-      Cosine: float }
+      /// Cosine similarity of the flattened (B·T·D) outputs: dominated by the tokens of largest norm.
+      Cosine: float
+      /// Mean over the B·T tokens of the cosine of each token's D-vector: the figure the reference reports,
+      /// not comparable with Cosine (docs/method.md §11f).
+      MeanTokenCosine: float }
 
-/// MSE and cosine between two flattened outputs.
-let fitOf (y: float32[]) (target: float32[]) =
+/// Mean of the per-row cosines of two (rows, d) matrices, in f64.
+let private meanRowCosine (d: int) (y: float32[]) (target: float32[]) =
+    let rows = y.Length / d
+    let mutable sum = 0.0
+    for r in 0 .. rows - 1 do
+        let mutable dot = 0.0
+        let mutable yy = 0.0
+        let mutable tt = 0.0
+        for j in r * d .. r * d + d - 1 do
+            let a, b = float y[j], float target[j]
+            dot <- dot + a * b
+            yy <- yy + a * a
+            tt <- tt + b * b
+        sum <- sum + dot / max (sqrt (yy * tt)) 1e-30
+    sum / float (max rows 1)
+
+/// MSE and both cosines between two (B·T, D) outputs.
+let fitOf (d: int) (y: float32[]) (target: float32[]) =
     let mutable se = 0.0
     let mutable dot = 0.0
     let mutable yy = 0.0
@@ -61,86 +83,85 @@ let fitOf (y: float32[]) (target: float32[]) =
         dot <- dot + a * b
         yy <- yy + a * a
         tt <- tt + b * b
-    { Mse = se / float y.Length; Cosine = dot / max (sqrt (yy * tt)) 1e-30 }
-
-let private dimsOf (c: ModelConfig) : GdnLayer.GdnDims = { D = c.Dim; H = c.Heads; Hd = c.HeadDim }
+    { Mse = se / float y.Length; Cosine = dot / max (sqrt (yy * tt)) 1e-30; MeanTokenCosine = meanRowCosine d y target }
 
 /// The layer's output (B, T, D) on its traced input.
 let layerOutput (be: IBackend) (c: ModelConfig) (trace: LayerTrace) (B: int) (T: int) (w: GdnWeights) : float32[] =
-    let dims = dimsOf c
-    use x = be.FromArray(trace.X, B, T, c.Dim)
-    use y = be.Allocate [| B; T; c.Dim |]
-    use ws = new GdnLayer.GdnWorkspace(be, dims, B, T)
-    use p = new GdnLayer.DeviceGdn(be, dims, w)
-    GdnLayer.forward p ws x y
+    use owner = new TensorOwner(be)
+    use scratch = new Scratch(be)
+    use arena = new Arena(be)
+    let x = owner.Upload(trace.X, [| B; T; c.Dim |])
+    let y = owner.Allocate [| B; T; c.Dim |]
+    let p = Gdn.upload owner (Gdn.dimsOf c) w
+    Gdn.forward be scratch arena p x y |> ignore
     y.ToArray()
 
 /// MSE and cosine of the layer against the teacher output.
 let fit (be: IBackend) (c: ModelConfig) (trace: LayerTrace) (B: int) (T: int) (w: GdnWeights) =
-    fitOf (layerOutput be c trace B T w) trace.Output
+    fitOf c.Dim (layerOutput be c trace B T w) trace.Output
 
 /// Aligns one layer; `onStep step loss` reports progress. Cancellation stops between steps (throws).
 let alignLayer (o: AlignOptions) (be: IBackend) (c: ModelConfig) (trace: LayerTrace) (B: int) (T: int) (w: GdnWeights)
                (onStep: int -> float -> unit) (ct: CancellationToken) : GdnWeights * AlignResult =
     let watch = Stopwatch.StartNew()
-    let dims = dimsOf c
-    use x = be.FromArray(trace.X, B, T, c.Dim)
-    use target = be.FromArray(trace.Output, B, T, c.Dim)
-    use y = be.Allocate [| B; T; c.Dim |]
-    use dy = be.Allocate [| B; T; c.Dim |]
-    use scalar = be.Allocate [| 1 |]
-    use ws = new GdnLayer.GdnWorkspace(be, dims, B, T)
-    use p = new GdnLayer.DeviceGdn(be, dims, w)
-    use grads = new GdnLayer.GdnGrads(be, dims)
-    let trainable = p.Trainable
-    let lrs = [ o.LrProjections; o.LrProjections; o.LrProjections; o.LrGates; o.LrGates; o.LrGates; o.LrGates; o.LrGates ]
-    let moments = trainable |> List.map (fun t -> be.Allocate t.Shape, be.Allocate t.Shape)
-    let snapshot = trainable |> List.map (fun t -> be.Allocate t.Shape)
-    try
-        let n = float32 (B * T * c.Dim)
-        // loss = mean (y − Y)²; leaves dy = 2(y − Y)/n.
-        let lossAndGrad () =
-            GdnLayer.forward p ws x y
-            be.Copy(y, 0L, dy, 0L, y.Count)
-            be.Axpy(-1f, target, dy)
-            be.Reduce(ReduceOp.SumOfSquares, dy, scalar)
-            let loss = float (scalar.ToArray()[0]) / float n
-            be.Scale(dy, 2f / n, dy)
-            loss
-        let takeSnapshot () = List.iter2 (fun (src: Tensor) dst -> be.Copy(src, 0L, dst, 0L, src.Count)) trainable snapshot
-        let losses = Array.zeroCreate (o.Steps + 1)
-        let gradNorms = Array.zeroCreate o.Steps
-        let mutable best = Double.PositiveInfinity
-        let mutable bestStep = -1
-        for s in 0 .. o.Steps - 1 do
-            ct.ThrowIfCancellationRequested()
-            let loss = lossAndGrad ()
-            losses[s] <- loss
-            if loss < best then
-                best <- loss
-                bestStep <- s
-                takeSnapshot ()
-            grads.Zero()
-            GdnLayer.backward p ws x dy grads None
-            be.ClipGradNorm(grads.Trainable, o.ClipNorm, scalar)
-            gradNorms[s] <- float (scalar.ToArray()[0])
-            List.zip3 trainable grads.Trainable lrs
-            |> List.iteri (fun i (param, g, lr) ->
-                let m, v = moments[i]
-                be.AdamW(param, g, m, v, AdamWSpec(lr, s + 1, o.WeightDecay, o.Beta1, o.Beta2, o.Epsilon)))
-            onStep (s + 1) loss
-        let final = lossAndGrad ()
-        losses[o.Steps] <- final
-        if final < best then
-            best <- final
-            bestStep <- o.Steps
-            takeSnapshot ()
-        List.iter2 (fun (src: Tensor) dst -> be.Copy(src, 0L, dst, 0L, src.Count)) snapshot trainable
-        p.ToWeights(),
-        { Layer = trace.Layer; Losses = losses; BestLoss = best; BestStep = bestStep; GradNorms = gradNorms
-          Seconds = watch.Elapsed.TotalSeconds }
-    finally
-        for m, v in moments do
-            m.Dispose()
-            v.Dispose()
-        for t in snapshot do t.Dispose()
+    use owner = new TensorOwner(be)
+    use scratch = new Scratch(be)
+    use arena = new Arena(be)
+    let x = owner.Upload(trace.X, [| B; T; c.Dim |])
+    let target = owner.Upload(trace.Output, [| B; T; c.Dim |])
+    let y = owner.Allocate [| B; T; c.Dim |]
+    let dy = owner.Allocate [| B; T; c.Dim |]
+    let scalar = owner.Allocate [| 1 |]
+    let p = Gdn.upload owner (Gdn.dimsOf c) w
+    let parameters =
+        Gdn.named p |> List.map (fun (n, t) ->
+            { Parameter.Name = $"model.layers.{trace.Layer}.attn.{n}"; Value = t; Grad = owner.Allocate t.Shape })
+    let settings =
+        { Beta1 = o.Beta1; Beta2 = o.Beta2; Epsilon = o.Epsilon; ClipNorm = Some o.ClipNorm; Schedule = Schedule.Constant }
+    use optimizer = new AdamW(settings, ParameterGroups.Presets.phase2 o.LrProjections o.LrGates o.WeightDecay, parameters)
+    // Only the trained tensors get gradients: o_proj and o_norm (frozen) cost no weight-gradient work.
+    let trained = optimizer.Trained |> List.map (fun t -> t.Parameter)
+    let grads = Grads trained
+    let trainable = trained |> List.map (fun q -> q.Value)
+    let snapshot = trainable |> List.map (fun t -> owner.Allocate t.Shape)
+    let n = float32 (B * T * c.Dim)
+    // loss = mean (y − Y)²; leaves dy = 2(y − Y)/n·weight.
+    let lossAndGrad (weight: float32) =
+        arena.Reset()
+        let saved = Gdn.forward be scratch arena p x y
+        be.Copy(y, 0L, dy, 0L, y.Count)
+        be.Axpy(-1f, target, dy)
+        be.Reduce(ReduceOp.SumOfSquares, dy, scalar)
+        let loss = float (scalar.ToArray()[0]) / float n
+        be.Scale(dy, 2f / n * weight, dy)
+        loss, saved
+    let takeSnapshot () = List.iter2 (fun (src: Tensor) dst -> be.Copy(src, 0L, dst, 0L, src.Count)) trainable snapshot
+    let losses = Array.zeroCreate (o.Steps + 1)
+    let gradNorms = Array.zeroCreate o.Steps
+    let mutable best = Double.PositiveInfinity
+    let mutable bestStep = -1
+    for s in 0 .. o.Steps - 1 do
+        ct.ThrowIfCancellationRequested()
+        // The loss of θ_s is measured (and θ_s snapshotted when best) before the update; one micro-batch.
+        let report =
+            Trainer.step optimizer 1 (fun mb ->
+                let loss, saved = lossAndGrad mb.Weight
+                losses[s] <- loss
+                if loss < best then
+                    best <- loss
+                    bestStep <- s
+                    takeSnapshot ()
+                Gdn.backward be scratch grads p saved dy None
+                loss)
+        gradNorms[s] <- report.GradNorm
+        onStep (s + 1) report.Loss
+    let final, _ = lossAndGrad 1f
+    losses[o.Steps] <- final
+    if final < best then
+        best <- final
+        bestStep <- o.Steps
+        takeSnapshot ()
+    List.iter2 (fun (src: Tensor) dst -> be.Copy(src, 0L, dst, 0L, src.Count)) snapshot trainable
+    Gdn.download p,
+    { Layer = trace.Layer; Losses = losses; BestLoss = best; BestStep = bestStep; GradNorms = gradNorms
+      Seconds = watch.Elapsed.TotalSeconds }

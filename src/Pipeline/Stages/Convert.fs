@@ -1,6 +1,8 @@
-/// The five initialisation strategies (method.md §5) composed from the stages:
+/// The five initialisation strategies (docs/method.md §5) composed from the stages:
 ///   naive = Skeleton; zero-gate = Skeleton with W_g = 0; taylor-init = Skeleton + Phase 1;
-///   alignment-only = Skeleton + Phase 2; taylor-calibrate = Skeleton + Phase 1 + Phase 2.
+///   alignment-only = Skeleton + Phase 2; taylor-calibrate = Skeleton + Phase 1 + Phase 2;
+///   and the project's calibrate-plus = Skeleton + CalibratePlus (guarded Phase 1, o_proj refit, minibatch
+///   alignment selected on held-out calibration text).
 /// Layers are calibrated independently (teacher-forced), one after another in index order; hooks let the
 /// caller persist each aligned layer and resume from persisted ones.
 module TaylorCalibrate.Pipeline.Stages.Convert
@@ -20,9 +22,13 @@ type InitStrategy =
     | TaylorInit
     | AlignmentOnly
     | TaylorCalibrate
+    /// The project's initialisation (CalibratePlus.fs); not one of the paper's.
+    | CalibratePlus
 
 module InitStrategy =
-    let all = [ InitStrategy.Naive; InitStrategy.ZeroGate; InitStrategy.TaylorInit; InitStrategy.AlignmentOnly; InitStrategy.TaylorCalibrate ]
+    /// The paper's five (docs/method.md §5).
+    let published = [ InitStrategy.Naive; InitStrategy.ZeroGate; InitStrategy.TaylorInit; InitStrategy.AlignmentOnly; InitStrategy.TaylorCalibrate ]
+    let all = published @ [ InitStrategy.CalibratePlus ]
     let name =
         function
         | InitStrategy.Naive -> "naive"
@@ -30,9 +36,12 @@ module InitStrategy =
         | InitStrategy.TaylorInit -> "taylor-init"
         | InitStrategy.AlignmentOnly -> "alignment-only"
         | InitStrategy.TaylorCalibrate -> "taylor-calibrate"
+        | InitStrategy.CalibratePlus -> "calibrate-plus"
     let parse (s: string) = all |> List.tryFind (fun x -> name x = s)
     let usesPhase1 = function InitStrategy.TaylorInit | InitStrategy.TaylorCalibrate -> true | _ -> false
     let usesPhase2 = function InitStrategy.AlignmentOnly | InitStrategy.TaylorCalibrate -> true | _ -> false
+    /// Any alignment (Phase 2 or calibrate-plus's): persisted per layer, resumable.
+    let aligns s = usesPhase2 s || s = InitStrategy.CalibratePlus
 
 /// Everything a conversion is parameterised by.
 type ConvertOptions =
@@ -40,12 +49,13 @@ type ConvertOptions =
       Expand: GqaExpand
       Seed: int
       Taylor: TaylorInit.TaylorOptions
-      Align: Align.AlignOptions }
+      Align: Align.AlignOptions
+      Plus: CalibratePlus.PlusOptions }
 
 module ConvertOptions =
     let defaults strategy =
         { Strategy = strategy; Expand = GqaExpand.Heads; Seed = 0; Taylor = TaylorInit.TaylorOptions.defaults
-          Align = Align.AlignOptions.defaults }
+          Align = Align.AlignOptions.defaults; Plus = CalibratePlus.PlusOptions.defaults }
 
 /// What happened to one converted layer (the report's rows).
 type LayerReport =
@@ -72,9 +82,10 @@ type Hooks =
 module Hooks =
     let none = { Resume = (fun _ -> None); LayerAligned = (fun _ _ _ -> ()); Step = (fun _ _ _ -> ()); LayerStarted = ignore }
 
-/// Converts: the student and one report per converted layer.
-let run (be: IBackend) (teacher: Teacher) (trace: TeacherTrace) (kept: int list) (o: ConvertOptions) (hooks: Hooks) (ct: CancellationToken)
-    : Student * LayerReport list =
+/// Converts: the student and one report per converted layer. `dev` is the trace of held-out calibration text
+/// (calibrate-plus selects on it; the published strategies ignore it).
+let runWith (be: IBackend) (teacher: Teacher) (trace: TeacherTrace) (dev: TeacherTrace option) (kept: int list) (o: ConvertOptions)
+            (hooks: Hooks) (ct: CancellationToken) : Student * LayerReport list =
     let c = teacher.Config
     let skeleton = Skeleton.build teacher kept o.Expand o.Seed
     let reports, layers =
@@ -91,18 +102,31 @@ let run (be: IBackend) (teacher: Teacher) (trace: TeacherTrace) (kept: int list)
                     let w, info = TaylorInit.apply o.Taylor be c tr trace.B trace.T afterGate
                     w, Some info
                 else afterGate, None
-            let final, alignment =
-                if InitStrategy.usesPhase2 o.Strategy then
+            let final, alignment, phase1 =
+                if o.Strategy = InitStrategy.CalibratePlus then
                     match hooks.Resume i with
-                    | Some(w, r) -> w, Some r
+                    | Some(w, r) -> w, Some r, None
+                    | None ->
+                        let fit : CalibratePlus.LayerSet = { Trace = tr; B = trace.B }
+                        let devSet = dev |> Option.map (fun d -> ({ Trace = d.Layers[i]; B = d.B } : CalibratePlus.LayerSet))
+                        let w, r = CalibratePlus.run o.Plus o.Taylor be c fit devSet trace.T o.Seed afterGate (hooks.Step i) ct
+                        hooks.LayerAligned i w r.Alignment
+                        w, Some r.Alignment, r.Phase1
+                elif InitStrategy.usesPhase2 o.Strategy then
+                    match hooks.Resume i with
+                    | Some(w, r) -> w, Some r, phase1
                     | None ->
                         let w, r = Align.alignLayer o.Align be c tr trace.B trace.T afterPhase1 (hooks.Step i) ct
                         hooks.LayerAligned i w r
-                        w, Some r
-                else afterPhase1, None
+                        w, Some r, phase1
+                else afterPhase1, None, phase1
             let fit = Align.fit be c tr trace.B trace.T final
             { Layer = i; MeanDistance = tr.MeanDistance; Entropy = tr.Entropy; Phase1 = phase1; Alignment = alignment
               Fit = fit; Seconds = watch.Elapsed.TotalSeconds },
             (i, final))
         |> List.unzip
     { skeleton with Gdn = Map layers; Init = InitStrategy.name o.Strategy }, reports
+
+/// Converts without held-out calibration text.
+let run (be: IBackend) (teacher: Teacher) (trace: TeacherTrace) (kept: int list) (o: ConvertOptions) (hooks: Hooks) (ct: CancellationToken) =
+    runWith be teacher trace None kept o hooks ct

@@ -1,4 +1,4 @@
-/// Phase 1 of Taylor-Calibrate (Taylor-Init), closed form per GDN layer (method.md §5.2, §10):
+/// Phase 1 of Taylor-Calibrate (Taylor-Init), closed form per GDN layer (docs/method.md §5.2, §10):
 /// (a) decay from the mean attention distance (half-life d̄_h: softplus(dt_bias_h) = clamp(ln 2/d̄_h), A_log = 0)
 ///     and write strength from entropy concentration (β*_h ∈ [0.3, 0.7] by rescaling W_b's rows);
 /// (b) per-head OLS value scale σ_h = ΣC·O/ΣO² (clamped) of the unscaled, un-normed, ungated GDN read-out
@@ -9,11 +9,12 @@ module TaylorCalibrate.Pipeline.Stages.TaylorInit
 
 open System
 open TaylorCalibrate.Backend
+open TaylorCalibrate.Pipeline.Layers
 open TaylorCalibrate.Pipeline.Model
 open TaylorCalibrate.Pipeline.Student
 open TaylorCalibrate.Pipeline.Stages.TeacherTrace
 
-/// Every constant of Phase 1 (method.md §5.2 defaults).
+/// Every constant of Phase 1 (docs/method.md §5.2 defaults).
 type TaylorOptions =
     { DecayMin: float
       DecayMax: float
@@ -103,7 +104,7 @@ let headSlices (H: int) (hd: int) (a: float32[]) =
 /// Applies Phase 1 to one naive GDN layer with its teacher trace.
 let apply (o: TaylorOptions) (be: IBackend) (c: ModelConfig) (trace: LayerTrace) (B: int) (T: int) (w: GdnWeights) : GdnWeights * Phase1Info =
     let H, hd, D = c.Heads, c.HeadDim, c.Dim
-    let dims : GdnLayer.GdnDims = { D = D; H = H; Hd = hd }
+    let dims = Gdn.dimsOf c
     // (a) gates.
     let targets = trace.MeanDistance |> Array.map (targetDecay o)
     let conc = concentration o trace.Entropy
@@ -112,12 +113,15 @@ let apply (o: TaylorOptions) (be: IBackend) (c: ModelConfig) (trace: LayerTrace)
     let gated = { w with ALog = Array.zeroCreate H; DtBias = targets |> Array.map (dtBiasFor >> float32); Wb = wb }
     // (b) OLS on the raw read-out: GDN recurrence with scale 1, no o_norm, no gate.
     use x = be.FromArray(trace.X, B, T, D)
-    use ws = new GdnLayer.GdnWorkspace(be, dims, B, T)
+    use scratch = new Scratch(be)
+    use arena = new Arena(be)
     let rawOut =
-        use p = new GdnLayer.DeviceGdn(be, dims, gated)
-        GdnLayer.mixerInputs p ws x
-        be.GdnForward(ws.Qa, ws.Ka, ws.Va, ws.G, ws.Beta, null, ws.O, null, GdnSpec(1f, L2NormQK = true, Mode = GdnMode.Chunked))
-        ws.O.ToArray()
+        use owner = new TensorOwner(be)
+        let p = Gdn.upload owner dims gated
+        let i = Gdn.mixerInputs be scratch arena p x
+        let o = owner.Allocate [| B; T; H; hd |]
+        be.GdnForward(i.Qa, i.Ka, i.Va, i.G, i.Beta, null, o, null, GdnSpec(1f, L2NormQK = true, Mode = GdnMode.Chunked))
+        o.ToArray()
     let cs, os = headSlices H hd trace.Context, headSlices H hd rawOut
     let sigmaRaw = Array.init H (fun h -> olsGain cs[h] os[h])
     let sigma = sigmaRaw |> Array.map (fun s -> Math.Clamp(s, o.SigmaMin, o.SigmaMax))
@@ -125,9 +129,10 @@ let apply (o: TaylorOptions) (be: IBackend) (c: ModelConfig) (trace: LayerTrace)
     // (c) output gate from the scaled W_v.
     let scaled = { gated with Wv = wv }
     let values =
-        use p = new GdnLayer.DeviceGdn(be, dims, scaled)
-        GdnLayer.mixerInputs p ws x
-        ws.Va.ToArray()
+        use owner = new TensorOwner(be)
+        arena.Reset()
+        let i = Gdn.mixerInputs be scratch arena (Gdn.upload owner dims scaled) x
+        i.Va.ToArray()
     let alpha = gateScale o (contextRms hd trace.Context) (rms values)
     { scaled with Wg = wv |> Array.map (fun v -> float32 alpha * v) },
     { TargetDecay = targets; Concentration = conc; BetaTarget = betas; SigmaRaw = sigmaRaw; Sigma = sigma; Alpha = alpha }

@@ -1,13 +1,14 @@
-/// The teacher trace (method.md §5.1, §11d): one fp32 teacher forward over the calibration batch recording,
+/// The teacher trace (docs/method.md §5.1, §11d): one fp32 teacher forward over the calibration batch recording,
 /// for each layer to convert, the normed input x, the context C (before o_proj), the output Y (after
 /// o_proj) and the per-head mean attention distance d̄_h (floored at 0.5) and entropy H_h, from the
-/// attention kernel's streamed statistics (no T×T matrix).
+/// attention kernel's streamed statistics (no T×T matrix). Large batches are traced in windows of chunks so
+/// the teacher's activations stay bounded; only the recorded arrays grow with the calibration size.
 module TaylorCalibrate.Pipeline.Stages.TeacherTrace
 
 open TaylorCalibrate.Pipeline.Model
 open TaylorCalibrate.Pipeline.Stages.Calibration
 
-/// Floor of the mean attention distance (method.md §5.1).
+/// Floor of the mean attention distance (docs/method.md §5.1).
 let distanceFloor = 0.5
 
 /// What one converted layer's calibration needs.
@@ -35,8 +36,8 @@ let headMeans (B: int) (H: int) (stats: float32[]) (which: int) =
     Array.init H (fun h -> (Array.init B (fun b -> float stats[(b * H + h) * 2 + which]) |> Array.average))
 
 /// Runs the teacher once over the batch and records the given layers.
-let run (m: DeviceTeacher) (batch: CalibrationBatch) (layers: int list) : TeacherTrace =
-    let r = Forward.run m batch.Tokens batch.B batch.T { Forward.ForwardOptions.none with Trace = Set.ofList layers }
+let run (m: DeviceDecoder) (batch: CalibrationBatch) (layers: int list) : TeacherTrace =
+    let r = Decoder.forward m batch.Tokens batch.B batch.T { Decoder.ForwardOptions.none with Trace = Set.ofList layers }
     r.Logits.Dispose()
     let H = m.Config.Heads
     let traces =
@@ -45,4 +46,35 @@ let run (m: DeviceTeacher) (batch: CalibrationBatch) (layers: int list) : Teache
             { Layer = t.Layer; X = t.Input; Context = t.Context; Output = t.Output
               MeanDistance = headMeans batch.B H t.Stats 0 |> Array.map (max distanceFloor)
               Entropy = headMeans batch.B H t.Stats 1 })
+    { B = batch.B; T = batch.T; Layers = Map traces }
+
+/// Default number of T-token chunks per teacher forward when tracing a large batch.
+let windowChunks = 4
+
+/// `run` over windows of at most `window` chunks, concatenated along B. The statistics are per-b means, so
+/// the whole-batch mean is the chunk-weighted mean of the windows' means (the floor is applied after).
+let runStreamed (m: DeviceDecoder) (batch: CalibrationBatch) (layers: int list) (window: int) : TeacherTrace =
+    if batch.B <= window then run m batch layers
+    else
+    let parts =
+        [ for b0 in 0 .. window .. batch.B - 1 do
+            let nb = min window (batch.B - b0)
+            let sub = { batch with Tokens = batch.Tokens[b0 * batch.T .. (b0 + nb) * batch.T - 1]; B = nb }
+            let r = Decoder.forward m sub.Tokens nb batch.T { Decoder.ForwardOptions.none with Trace = Set.ofList layers }
+            r.Logits.Dispose()
+            yield nb, r.Traces ]
+    let H = m.Config.Heads
+    let traces =
+        layers |> List.map (fun li ->
+            let pieces = parts |> List.map (fun (nb, ts) -> nb, ts |> List.find (fun t -> t.Layer = li))
+            let stat which =
+                Array.init H (fun h ->
+                    (pieces |> List.sumBy (fun (nb, t) -> float nb * (headMeans nb H t.Stats which)[h])) / float batch.B)
+            li,
+            { Layer = li
+              X = pieces |> List.map (fun (_, t) -> t.Input) |> Array.concat
+              Context = pieces |> List.map (fun (_, t) -> t.Context) |> Array.concat
+              Output = pieces |> List.map (fun (_, t) -> t.Output) |> Array.concat
+              MeanDistance = stat 0 |> Array.map (max distanceFloor)
+              Entropy = stat 1 })
     { B = batch.B; T = batch.T; Layers = Map traces }

@@ -36,12 +36,13 @@ let tokenizerFor (path: string) (m: AnyModel) (explicitPath: string option) : Re
         StudentIo.tokenizerPath path
         |> Result.bind (fun p -> ModelFiles.loadTokenizer p |> Result.bind (fun t -> ModelFiles.checkVocab t p s.Config))
 
+/// The model uploaded to `be` as a decoder (dispose it to free the device memory).
+let decoderOn (be: IBackend) (m: AnyModel) : DeviceDecoder =
+    match m with
+    | TeacherModel t -> new DeviceDecoder(be, t)
+    | StudentModel s -> new DeviceDecoder(be, s)
+
 /// Uploads the model to `be`; dispose the second value to free it.
 let openOn (be: IBackend) (m: AnyModel) : Perplexity.LogitsModel * IDisposable =
-    match m with
-    | TeacherModel t ->
-        let d = new DeviceTeacher(be, t)
-        Perplexity.teacherModel d, (d :> IDisposable)
-    | StudentModel s ->
-        let d = new HybridForward.DeviceStudent(be, s)
-        { Backend = be; Vocab = s.Config.Vocab; Logits = HybridForward.run d }, (d :> IDisposable)
+    let d = decoderOn be m
+    Perplexity.decoderModel d, (d :> IDisposable)

@@ -1,4 +1,4 @@
-/// Saves and loads a student as a Hugging Face-style directory (method.md §3 names; architecture.md):
+/// Saves and loads a student as a Hugging Face-style directory (docs/method.md §3 names; docs/architecture.md):
 /// config.json = the teacher's config fields + model_type "student", student_name "gdn_v4",
 /// keep_full_attention_layers, gqa_expand, init (and teacher_model_type, rope_pairing so a llama2.c teacher
 /// round-trips); model.safetensors (F32) with prefix model.layers.{i}.; the teacher's tokenizer file copied.
@@ -86,7 +86,7 @@ let configJson (s: Student) (tokenizerFile: string option) : string =
     o["rope_pairing"] <- JsonValue.Create(match s.Config.RopeLayout with RopeLayout.Adjacent -> "adjacent" | _ -> "half_split")
     o["attention_bias"] <- JsonValue.Create s.Config.OutputBias
     o["qkv_bias"] <- JsonValue.Create s.Config.QkvBias
-    // gdn_v4 fixed arguments (method.md §3), recorded for PyTorch users.
+    // gdn_v4 fixed arguments (docs/method.md §3), recorded for PyTorch users.
     o["expand_v"] <- JsonValue.Create 1
     o["use_gate"] <- JsonValue.Create true
     o["use_short_conv"] <- JsonValue.Create false
@@ -142,6 +142,19 @@ let readConfig (dir: string) : Result<ModelConfig * int list * GqaExpand * strin
         | Ok mt, _, _ when mt <> "student" -> Error(UnsupportedModelType(path, mt, [ "student" ]))
         | _, Ok sn, _ when sn <> "gdn_v4" -> Error(InvalidConfigField(path, "student_name", $"is '{sn}'; supported: gdn_v4"))
         | Ok _, Ok _, Ok teacherType ->
+        // Variants of the GDN layer this student does not implement: refused, since ignoring them would run a
+        // different model than the file describes.
+        let unsupported =
+            [ "expand_v", (fun (n: JsonNode) -> n.GetValue<double>() <> 1.0), "must be 1 (no value expansion is implemented)"
+              "use_short_conv", (fun n -> n.GetValue<bool>()), "must be false (the short convolution is not implemented)"
+              "use_gate", (fun n -> not (n.GetValue<bool>())), "must be true (the output gate is always applied)" ]
+            |> List.tryPick (fun (name, bad, why) ->
+                match o[name] with
+                | null -> None
+                | n -> if bad n then Some(InvalidConfigField(path, name, why)) else None)
+        match unsupported with
+        | Some e -> Error e
+        | None ->
         o["model_type"] <- JsonValue.Create teacherType
         use doc = JsonDocument.Parse(o.ToJsonString())
         match HfConfig.parse path doc.RootElement with

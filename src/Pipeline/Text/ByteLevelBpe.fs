@@ -36,6 +36,9 @@ let private charToByte =
     byteToChar |> Array.iteri (fun b c -> d[c] <- byte b)
     d
 
+/// Shortest stretch of text between two chances to stop or report progress.
+let private minPartChars = 512
+
 /// An added token (special or not) from tokenizer.json.
 type AddedToken = { Id: int; Content: string; Special: bool }
 
@@ -70,6 +73,63 @@ type ByteLevelBpeTokenizer(path: string, m: BpeModel) =
         | Some b -> Some b
         | None -> m.Added |> List.tryFind (fun t -> t.Content = "<|endoftext|>") |> Option.map (fun t -> t.Id)
 
+    // Added tokens by first character, longest first, so that finding the one at a position looks at a
+    // handful of candidates instead of every added token.
+    let addedByFirstChar =
+        addedByLength
+        |> Array.filter (fun t -> t.Content.Length > 0)
+        |> Array.groupBy (fun t -> t.Content[0])
+        |> dict
+    let addedAt (text: string) (i: int) =
+        match addedByFirstChar.TryGetValue text[i] with
+        | true, candidates ->
+            candidates |> Array.tryFind (fun t -> String.CompareOrdinal(text, i, t.Content, 0, t.Content.Length) = 0)
+        | _ -> None
+
+    /// Merges one pre-token by rank. Same result as "find the lowest-ranked adjacent pair, merge every
+    /// occurrence of it left to right, repeat", in O(n log n): symbols form a linked list and candidate
+    /// pairs a heap ordered by (rank, position). One pass takes every entry of the lowest rank and merges
+    /// those still current in position order; a merge can only create pairs of other ranks (a pair has one
+    /// rank and contains neither of its halves' merged symbol), so the passes match the rescanning loop.
+    let mergeByRank (word: string) : List<string> =
+        let n = word.Length
+        let sym = Array.init n (fun i -> string word[i])
+        let next = Array.init n (fun i -> i + 1)
+        let prev = Array.init n (fun i -> i - 1)
+        let alive = Array.create n true
+        let heap = PriorityQueue<struct (int * string * string), struct (int * int)>()
+        let push i =
+            let j = next[i]
+            if j < n then
+                match m.MergeRanks.TryGetValue(struct (sym[i], sym[j])) with
+                | true, r -> heap.Enqueue(struct (i, sym[i], sym[j]), struct (r, i))
+                | _ -> ()
+        for i in 0 .. n - 2 do push i
+        let pass = List<struct (int * string * string)>()
+        let mutable entry = Unchecked.defaultof<_>
+        let mutable priority = Unchecked.defaultof<_>
+        while heap.Count > 0 do
+            heap.TryPeek(&entry, &priority) |> ignore
+            let struct (rank, _) = priority
+            pass.Clear()
+            let mutable more = true
+            while more && heap.TryPeek(&entry, &priority) do
+                let struct (r, _) = priority
+                if r = rank then pass.Add(heap.Dequeue()) else more <- false
+            for struct (i, left, right) in pass do
+                let j = next[i]
+                if alive[i] && j < n && String.Equals(sym[i], left) && String.Equals(sym[j], right) then
+                    sym[i] <- left + right
+                    alive[j] <- false
+                    next[i] <- next[j]
+                    if next[j] < n then prev[next[j]] <- i
+                    if prev[i] >= 0 then push prev[i]
+                    push i
+        let out = List<string>()
+        for i in 0 .. n - 1 do
+            if alive[i] then out.Add sym[i]
+        out
+
     let bpe (word: string) : int[] =
         match cache.TryGetValue word with
         | true, ids -> ids
@@ -78,28 +138,7 @@ type ByteLevelBpeTokenizer(path: string, m: BpeModel) =
                 match m.Vocab.TryGetValue word with
                 | true, id when m.IgnoreMerges -> [| id |]
                 | _ ->
-                    let symbols = List<string>(word |> Seq.map string)
-                    let mutable go = symbols.Count > 1
-                    while go do
-                        let mutable bestRank = Int32.MaxValue
-                        let mutable best = -1
-                        for i in 0 .. symbols.Count - 2 do
-                            match m.MergeRanks.TryGetValue(struct (symbols[i], symbols[i + 1])) with
-                            | true, r when r < bestRank ->
-                                bestRank <- r
-                                best <- i
-                            | _ -> ()
-                        if best < 0 then go <- false
-                        else
-                            let left, right = symbols[best], symbols[best + 1]
-                            let mutable i = 0
-                            while i < symbols.Count - 1 do
-                                if symbols[i] = left && symbols[i + 1] = right then
-                                    symbols[i] <- left + right
-                                    symbols.RemoveAt(i + 1)
-                                i <- i + 1
-                            go <- symbols.Count > 1
-                    symbols
+                    mergeByRank word
                     |> Seq.map (fun s ->
                         match m.Vocab.TryGetValue s with
                         | true, id -> id
@@ -108,22 +147,66 @@ type ByteLevelBpeTokenizer(path: string, m: BpeModel) =
             if cache.Count < 1_000_000 then cache[word] <- ids
             ids
 
-    let encodeOrdinary (text: string) (first: bool) (out: List<int>) =
+    /// Encodes text without added tokens; pre-tokens are independent, so after every pre-token
+    /// `report (charsConsumed)` may stop the encoding (false).
+    let encodeOrdinary (text: string) (first: bool) (out: List<int>) (report: int -> bool) : bool =
         let text = if m.Nfc && not (text.IsNormalized NormalizationForm.FormC) then text.Normalize NormalizationForm.FormC else text
-        let text = if m.AddPrefixSpace && first && not (text.StartsWith " ") then " " + text else text
-        let piece (s: string) =
-            if s.Length > 0 then
-                let mapped = String(Encoding.UTF8.GetBytes s |> Array.map (fun b -> byteToChar[int b]))
+        let shift = if m.AddPrefixSpace && first && not (text.StartsWith " ") then 1 else 0
+        let text = if shift = 1 then " " + text else text
+        let piece (start: int) (length: int) =
+            if length > 0 then
+                let mapped = String(Encoding.UTF8.GetBytes(text.Substring(start, length)) |> Array.map (fun b -> byteToChar[int b]))
                 out.AddRange(bpe mapped)
         // "Isolated" split: matches and the gaps between them are pre-tokens.
         let mutable last = 0
-        for mt in m.Pattern.Matches text do
-            piece (text.Substring(last, mt.Index - last))
-            piece mt.Value
+        let mutable go = true
+        let mutable mt = m.Pattern.Match text
+        while go && mt.Success do
+            piece last (mt.Index - last)
+            piece mt.Index mt.Length
             last <- mt.Index + mt.Length
-        piece (text.Substring last)
+            go <- report (max 0 (last - shift))
+            mt <- mt.NextMatch()
+        if go then piece last (text.Length - last)
+        go
+
+    let encodeWhile (text: string) (startDocument: bool) (keepGoing: Func<int, int, bool>) =
+        let out = List<int>()
+        if startDocument then documentStart |> Option.iter out.Add
+        let mutable start = 0
+        let mutable segment = 0
+        let mutable i = 0
+        let mutable go = true
+        // The caller hears about every minPartChars or so. Positions inside a segment are relative to it (and
+        // to its normalised form, nearly always the same length); clamped so progress never passes the segment.
+        let mutable reported = 0
+        let report (k: int) =
+            if k - reported >= minPartChars then
+                reported <- k
+                keepGoing.Invoke(k, out.Count)
+            else true
+        let reportIn segStart segLength = fun (k: int) -> report (segStart + min k segLength)
+        while go && i < text.Length do
+            match addedAt text i with
+            | Some t ->
+                go <- encodeOrdinary (text.Substring(start, i - start)) (segment = 0) out (reportIn start (i - start))
+                if go then
+                    out.Add t.Id
+                    segment <- segment + 1
+                    i <- i + t.Content.Length
+                    start <- i
+                    go <- report i
+            | None -> i <- i + 1
+        if go && encodeOrdinary (text.Substring start) (segment = 0) out (reportIn start (text.Length - start)) then
+            keepGoing.Invoke(text.Length, out.Count) |> ignore
+        out.ToArray()
+
+    let always = Func<int, int, bool>(fun _ _ -> true)
 
     member _.Model = m
+
+    interface IIncrementalTokenizer with
+        member _.EncodeWhile(text, startDocument, keepGoing) = encodeWhile text startDocument keepGoing
 
     interface ITokenizer with
         member _.VocabSize = idToToken.Length
@@ -131,23 +214,7 @@ type ByteLevelBpeTokenizer(path: string, m: BpeModel) =
         member _.Description = $"tokenizer.json byte-level BPE {path} ({idToToken.Length} ids, {m.Added.Length} added)"
         member _.Piece id = idToToken[id]
 
-        member _.Encode(text, startDocument) =
-            let out = List<int>()
-            if startDocument then documentStart |> Option.iter out.Add
-            let mutable start = 0
-            let mutable segment = 0
-            let mutable i = 0
-            while i < text.Length do
-                match addedByLength |> Array.tryFind (fun t -> t.Content.Length > 0 && String.CompareOrdinal(text, i, t.Content, 0, t.Content.Length) = 0) with
-                | Some t ->
-                    encodeOrdinary (text.Substring(start, i - start)) (segment = 0) out
-                    out.Add t.Id
-                    segment <- segment + 1
-                    i <- i + t.Content.Length
-                    start <- i
-                | None -> i <- i + 1
-            encodeOrdinary (text.Substring start) (segment = 0) out
-            out.ToArray()
+        member _.Encode(text, startDocument) = encodeWhile text startDocument always
 
         member _.Decode ids =
             let bytes = List<byte>()

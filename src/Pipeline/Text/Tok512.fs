@@ -16,6 +16,16 @@ let private bosId = 1
 let private eosId = 2
 let private byteFallbackBase = 3
 
+/// Pops candidate merges best first: highest score, then leftmost (run.c's tie rule).
+let private bestFirst =
+    { new IComparer<struct (float32 * int)> with
+        member _.Compare(struct (s1, p1), struct (s2, p2)) =
+            if s1 > s2 then -1 elif s1 < s2 then 1 else compare p1 p2 }
+
+/// Shortest stretch of text encoded as one part before a cut is looked for: long enough that the per-part
+/// cost vanishes, short enough that a token budget stops soon and progress moves.
+let private minPartChars = 512
+
 /// A loaded llama2.c tokenizer.
 type Tok512Tokenizer(path: string, pieces: byte[][], scores: float32[]) =
     let text = pieces |> Array.map (fun b -> Encoding.UTF8.GetString b)
@@ -37,6 +47,17 @@ type Tok512Tokenizer(path: string, pieces: byte[][], scores: float32[]) =
                 | _ -> struct (-1, Single.NegativeInfinity)
             merges[key] <- r
             r
+    // Adjacent character pairs that occur inside some piece. A merged token's text is the text it covers,
+    // so no token can span two characters that are pieces themselves and whose pair occurs in no piece:
+    // the text on either side of such a cut merges independently (see `encodeWhile`).
+    let bigrams =
+        let h = HashSet<int>()
+        for t in text do
+            for k in 1 .. t.Length - 1 do h.Add((int t[k - 1] <<< 16) ||| int t[k]) |> ignore
+        h
+    let isPieceChar (c: char) = not (Char.IsSurrogate c) && lookup.ContainsKey(string c)
+    let canCutBefore (s: string) (k: int) =
+        isPieceChar s[k - 1] && isPieceChar s[k] && not (bigrams.Contains((int s[k - 1] <<< 16) ||| int s[k]))
     /// "<0xNN>" pieces decode to their byte.
     let byteOf (id: int) =
         let p = text[id]
@@ -46,60 +67,86 @@ type Tok512Tokenizer(path: string, pieces: byte[][], scores: float32[]) =
             | _ -> None
         else None
 
+    /// run.c's merge loop (repeatedly merge the best-scoring adjacent pair, leftmost on ties) in O(n log n):
+    /// tokens form a linked list, candidate pairs sit in a heap ordered by (score desc, position asc), and
+    /// an entry whose sides have changed since it was pushed is skipped when popped. A token's text only
+    /// grows when it merges, so a changed side never matches its old id again.
+    let mergeAll (ids: List<int>) (out: List<int>) =
+        let n = ids.Count
+        let tok = ids.ToArray()
+        let next = Array.init n (fun i -> i + 1)
+        let prev = Array.init n (fun i -> i - 1)
+        let alive = Array.create n true
+        let heap = PriorityQueue<struct (int * int * int), struct (float32 * int)>(bestFirst)
+        let push i =
+            let j = next[i]
+            if j < n then
+                let struct (id, score) = mergeOf tok[i] tok[j]
+                // run.c only merges a pair whose score beats -inf (NaN never does).
+                if id >= 0 && score > Single.NegativeInfinity then heap.Enqueue(struct (i, tok[i], tok[j]), struct (score, i))
+        for i in 0 .. n - 2 do push i
+        let mutable entry = Unchecked.defaultof<_>
+        let mutable priority = Unchecked.defaultof<_>
+        while heap.TryDequeue(&entry, &priority) do
+            let struct (i, a, b) = entry
+            let j = next[i]
+            if alive[i] && tok[i] = a && j < n && tok[j] = b then
+                let struct (id, _) = mergeOf a b
+                tok[i] <- id
+                alive[j] <- false
+                next[i] <- next[j]
+                if next[j] < n then prev[next[j]] <- i
+                if prev[i] >= 0 then push prev[i]
+                push i
+        for i in 0 .. n - 1 do
+            if alive[i] then out.Add tok[i]
+
+    /// Encodes `s` part by part (cut only where `canCutBefore` holds, after at least minPartChars), merging
+    /// each part on its own; merges never cross a cut, so the parts' concatenation is the whole text's
+    /// encoding. After each part `keepGoing (charsConsumed, idsSoFar)` may stop the encoding.
+    let encodeWhile (s: string) (startDocument: bool) (keepGoing: Func<int, int, bool>) =
+        let out = List<int>()
+        if startDocument then out.Add bosId
+        let part = List<int>()
+        if s.Length > 0 then
+            match lookup.TryGetValue " " with
+            | true, id -> part.Add id
+            | _ -> ()
+        let mutable partStart = 0
+        let mutable i = 0
+        let mutable go = true
+        while go && i < s.Length do
+            if i - partStart >= minPartChars && canCutBefore s i then
+                mergeAll part out
+                part.Clear()
+                partStart <- i
+                go <- keepGoing.Invoke(i, out.Count)
+            if go then
+                let n = if Char.IsHighSurrogate s[i] && i + 1 < s.Length && Char.IsLowSurrogate s[i + 1] then 2 else 1
+                let cp = s.Substring(i, n)
+                match lookup.TryGetValue cp with
+                | true, id -> part.Add id
+                | _ -> for b in Encoding.UTF8.GetBytes cp do part.Add(int b + byteFallbackBase)
+                i <- i + n
+        if go then
+            mergeAll part out
+            keepGoing.Invoke(s.Length, out.Count) |> ignore
+        out.ToArray()
+
+    let always = Func<int, int, bool>(fun _ _ -> true)
+
     member _.Path = path
     member _.Scores = scores
+
+    interface IIncrementalTokenizer with
+        member _.EncodeWhile(s, startDocument, keepGoing) = encodeWhile s startDocument keepGoing
 
     interface ITokenizer with
         member _.VocabSize = pieces.Length
         member _.DocumentStart = Some bosId
         member _.Description = $"llama2.c tokenizer {Path.GetFileName path} ({pieces.Length} pieces)"
         member _.Piece id = text[id]
-
-        member _.Encode(s, startDocument) =
-            let tokens = List<int>()
-            if s.Length > 0 then
-                match lookup.TryGetValue " " with
-                | true, id -> tokens.Add id
-                | _ -> ()
-            let mutable i = 0
-            while i < s.Length do
-                let n = if Char.IsHighSurrogate s[i] && i + 1 < s.Length && Char.IsLowSurrogate s[i + 1] then 2 else 1
-                let cp = s.Substring(i, n)
-                match lookup.TryGetValue cp with
-                | true, id -> tokens.Add id
-                | _ -> for b in Encoding.UTF8.GetBytes cp do tokens.Add(int b + byteFallbackBase)
-                i <- i + n
-            // Pair scores are kept per position and only the two pairs next to a merge are recomputed, so a
-            // merge costs one scan for the maximum instead of a dictionary lookup per pair.
-            let pairId = List<int>()
-            let pairScore = List<float32>()
-            for j in 0 .. tokens.Count - 2 do
-                let struct (id, score) = mergeOf tokens[j] tokens[j + 1]
-                pairId.Add id
-                pairScore.Add score
-            let mutable merging = true
-            while merging do
-                let mutable best = -1
-                let mutable bestScore = Single.NegativeInfinity
-                for j in 0 .. pairScore.Count - 1 do
-                    if pairId[j] >= 0 && pairScore[j] > bestScore then
-                        best <- j
-                        bestScore <- pairScore[j]
-                if best < 0 then merging <- false
-                else
-                    tokens[best] <- pairId[best]
-                    tokens.RemoveAt(best + 1)
-                    pairId.RemoveAt best
-                    pairScore.RemoveAt best
-                    let refresh j =
-                        if j >= 0 && j < pairId.Count then
-                            let struct (id, score) = mergeOf tokens[j] tokens[j + 1]
-                            pairId[j] <- id
-                            pairScore[j] <- score
-                    refresh (best - 1)
-                    refresh best
-            if startDocument then tokens.Insert(0, bosId)
-            tokens.ToArray()
+        member _.Encode(s, startDocument) = encodeWhile s startDocument always
 
         member _.Decode ids =
             let bytes = List<byte>()

@@ -21,6 +21,8 @@ let tests =
               "kept layer listed twice", [ "--keep"; "1,1" ], [], [ "--keep"; "twice" ]
               "all layers kept", [ "--keep"; "0,1,2,3,4" ], [], [ "--keep"; "all 5" ]
               "unknown init", [ "--keep"; "0"; "--init"; "magic" ], [], [ "--init magic" ]
+              "calibration tokens not whole chunks", [ "--keep"; "0"; "--calib-tokens"; "1000" ], [], [ "--calib-tokens 1000"; "256" ]
+              "more calibration tokens than the text holds", [ "--keep"; "0"; "--init"; "calibrate-plus"; "--calib-tokens"; "2560000" ], [], [ "--calib-text"; "fewer than" ]
               "calibration text overlapping the evaluation text", [ "--keep"; "0" ], [ "--eval-text"; "CALIB" ], [ "overlap" ] ]
         for name, keepArgs, extra, fragments in cases ->
             test name {

@@ -9,7 +9,7 @@ open Expecto
 open TaylorCalibrate.Tests.Shared
 
 /// The document pages the code may cite.
-let private pages = [ "method"; "kernels"; "architecture"; "platform" ]
+let private pages = [ "method"; "kernels"; "architecture"; "platform"; "training" ]
 
 /// `docs/method.md §5.3`, `kernels.md §3`, `method.md §11e`, `docs/kernels.md` (no section).
 let private citation =

@@ -63,7 +63,7 @@ let tests =
         test "PPL = exp(mean NLL of tokens 2..W of each window), batching does not matter; KL to itself is 0" {
             let be = Backends.cpu.Get()
             let t = teacher 5
-            use m = new DeviceTeacher(be, t)
+            use m = new DeviceDecoder(be, t)
             let stream = Rand.ints 3 config.Vocab 70
             let set = Perplexity.prepare "x" config stream (Some 8) None |> orFailTest
             let r = Perplexity.evaluate m (Some m) set None Threading.CancellationToken.None
@@ -71,7 +71,7 @@ let tests =
             let mutable nll = 0.0
             for w in 0 .. set.Windows - 1 do
                 let ids = set.Tokens[w * 8 .. w * 8 + 7]
-                let logits = Forward.logits m ids 1 8
+                let logits = Decoder.logits m ids 1 8
                 for p in 0 .. 6 do
                     let row = Array.init config.Vocab (fun i -> float logits[p * config.Vocab + i])
                     let mx = Array.max row
@@ -85,8 +85,8 @@ let tests =
 
         test "mean KL(p_vs ‖ p_model) over the predicted positions matches a double computation" {
             let be = Backends.cpu.Get()
-            use m = new DeviceTeacher(be, teacher 5)
-            use reference = new DeviceTeacher(be, teacher 50)
+            use m = new DeviceDecoder(be, teacher 5)
+            use reference = new DeviceDecoder(be, teacher 50)
             let stream = Rand.ints 4 config.Vocab 40
             let set = Perplexity.prepare "x" config stream (Some 16) None |> orFailTest
             let r = Perplexity.evaluate m (Some reference) set None Threading.CancellationToken.None
@@ -97,7 +97,7 @@ let tests =
             let mutable kl = 0.0
             for w in 0 .. set.Windows - 1 do
                 let ids = set.Tokens[w * 16 .. w * 16 + 15]
-                let lm, lr = Forward.logits m ids 1 16, Forward.logits reference ids 1 16
+                let lm, lr = Decoder.logits m ids 1 16, Decoder.logits reference ids 1 16
                 for p in 0 .. 14 do
                     let row (a: float32[]) = logSoftmax (Array.init config.Vocab (fun i -> float a[p * config.Vocab + i]))
                     let lp, lq = row lr, row lm

@@ -48,8 +48,8 @@ let tests =
             Expect.equal (h.Entries |> List.map (fun e -> e.Name, e.Shape)) [ "logits", [| 4; 40 |]; "ids", [| 4 |] ] "tensors"
             Expect.equal (Safetensors.readI32 h "ids" |> Result.defaultValue [||]) [| 1; 5; 39; 0 |] "ids"
             let t = ModelFiles.loadTeacher dir |> Result.defaultWith (fun e -> failtest (InputError.describe e))
-            use m = new DeviceTeacher(Backends.cpu.Get(), t)
-            let expected = Forward.logits m [| 1; 5; 39; 0 |] 1 4
+            use m = new DeviceDecoder(Backends.cpu.Get(), t)
+            let expected = Decoder.logits m [| 1; 5; 39; 0 |] 1 4
             Expect.equal (Safetensors.readF32 h "logits" |> Result.defaultValue [||]) expected "same logits as the library" }
 
         test "logits: bad ids and a missing tokenizer are usage errors" {

@@ -1,7 +1,7 @@
 /// The teacher forward: a naive double-precision reference forward (defined here, from the formulas of
 /// Forward.fs) checks the backend forward on tiny random Llama, Qwen2 (q/k/v biases) and Qwen3 (q/k norm)
 /// checkpoints written in the Hugging Face layout (F32, BF16, sharded); stories260K reproduces the golden
-/// logits and greedy ids of platform.md, both through the reference and through the backend.
+/// logits and greedy ids of docs/platform.md, both through the reference and through the backend.
 module TaylorCalibrate.Tests.Model.TeacherForwardTests
 
 open System
@@ -119,8 +119,8 @@ let forwardRelTol = 1e-4
 
 let private checkForward (be: IBackend) (t: Teacher) (B: int) (T: int) (seed: int) =
     let ids = Rand.ints seed t.Config.Vocab (B * T)
-    use m = new DeviceTeacher(be, t)
-    let got = Forward.logits m ids B T
+    use m = new DeviceDecoder(be, t)
+    let got = Decoder.logits m ids B T
     let expected = [| for b in 0 .. B - 1 do yield! Reference.forward t.Config t.Weights ids[b * T .. b * T + T - 1] |> Array.concat |]
     Numeric.close forwardRelTol 1e-4 expected got "logits"
 
@@ -165,10 +165,10 @@ let tests =
         test "traces: input, context, output and stats have their shapes; skipping attention changes the logits" {
             let be = Backends.cpu.Get()
             let t = TinyModels.teacher (TinyModels.config ModelFamily.Qwen3) 9
-            use m = new DeviceTeacher(be, t)
+            use m = new DeviceDecoder(be, t)
             let c = t.Config
             let ids = Rand.ints 2 c.Vocab 10
-            let r = Forward.run m ids 2 5 { Forward.ForwardOptions.none with Trace = set [ 1 ] }
+            let r = Decoder.forward m ids 2 5 { Decoder.ForwardOptions.none with Trace = set [ 1 ] }
             let full = r.Logits.ToArray()
             r.Logits.Dispose()
             match r.Traces with
@@ -179,14 +179,14 @@ let tests =
                 Expect.equal tr.Output.Length (10 * c.Dim) "output (B,T,D)"
                 Expect.equal tr.Stats.Length (2 * c.Heads * 2) "stats (B,H,2)"
             | other -> failtestf "expected one trace, got %d" other.Length
-            Expect.equal full (Forward.logits m ids 2 5) "tracing does not change logits"
-            let skipped = Forward.run m ids 2 5 { Forward.ForwardOptions.none with SkipAttention = set [ 0 ] }
+            Expect.equal full (Decoder.logits m ids 2 5) "tracing does not change logits"
+            let skipped = Decoder.forward m ids 2 5 { Decoder.ForwardOptions.none with SkipAttention = set [ 0 ] }
             let s = skipped.Logits.ToArray()
             skipped.Logits.Dispose()
             Expect.notEqual s full "skipping layer 0's attention changes the logits" }
     ]
 
-// ---- stories260K (../shared), golden values from platform.md ----------------------------------------
+// ---- stories260K (../shared), golden values from docs/platform.md ----------------------------------------
 
 let goldenLogits = [| -6.222911f; 8.404342f; -6.223737f; -6.222542f; -6.221951f; -6.222875f; -6.221880f; -6.223416f |]
 let goldenGreedy =
@@ -228,8 +228,8 @@ let stories260K =
 
         test "backend forward (cpu): golden logits after BOS and the 32 greedy ids" {
             let _, t = load ()
-            use m = new DeviceTeacher(Backends.cpu.Get(), t)
-            let logits = Forward.logits m [| 1 |] 1 1
+            use m = new DeviceDecoder(Backends.cpu.Get(), t)
+            let logits = Decoder.logits m [| 1 |] 1 1
             let maxDiff = Array.init 8 (fun i -> abs (logits[i] - goldenLogits[i])) |> Array.max
             printfn "stories260K golden logits 0..7: max |Δ| %.2e on %s" maxDiff (Backends.cpu.Get()).Name
             Expect.isLessThan (float maxDiff) goldenTol $"max |Δ| of logits 0..7 = {maxDiff:E2}"
@@ -251,7 +251,7 @@ let stories260K =
             let docs = Corpus.readDocuments text |> orFailTest
             let stream = Corpus.tokenStream tok (List.truncate 400 docs)
             let set = Perplexity.prepare text t.Config stream None (Some 40_960) |> orFailTest
-            use m = new DeviceTeacher(Backends.cpu.Get(), t)
+            use m = new DeviceDecoder(Backends.cpu.Get(), t)
             let r = Perplexity.evaluate m None set None Threading.CancellationToken.None
             printfn "stories260K valid-head: PPL %.4f, NLL %.4f nats/token over %d targets (%d windows of %d), %.0f tokens/s"
                 r.Perplexity r.Nll r.Predicted r.Windows r.Window r.TokensPerSecond

@@ -1,7 +1,8 @@
-/// The CPU GEMM kernel on its own (Cpu/Gemm/*.cs): every micro-kernel this machine runs (scalar, Vector<T>,
-/// AVX2+FMA) against a naive double loop, over micro-tile tails (M around 6, N around 16, K around the
-/// 256 block), all transpose flags, α/β, leading dimensions, offsets and batch strides; the split-K path;
-/// determinism across thread counts; and the argument checks of CpuBackend.Gemm. The cross-backend f64
+/// The CPU GEMM kernel on its own (Cpu/Gemm/*.cs): every micro-kernel (scalar, Vector<T>, AVX2+FMA 6×16,
+/// AVX-512F 12×32) against a naive double loop, over micro-tile tails (M around 6 and 12, N around 16 and 32,
+/// K around the 256 block), all transpose flags, α/β, leading dimensions, offsets and batch strides; the
+/// split-K path; determinism across thread counts; TC_CPU_GEMM; and the argument checks of CpuBackend.Gemm.
+/// A kernel this processor cannot run is reported as a skipped test naming the missing instructions. The cross-backend f64
 /// reference tests of every op live in GemmTests.fs and friends.
 module TaylorCalibrate.Tests.Ops.CpuGemmKernelTests
 
@@ -50,29 +51,59 @@ let private checkKernel (kind: GemmKernelKind) (threads: int) (s: GemmSpec) =
     BlockedGemm.Run(a, b, c, s, CpuParallel threads, kind)
     Numeric.close gemmRelRms gemmMaxAbs (naive s a b c0) c $"{kind} {s}"
 
-let private kinds =
-    [ GemmKernelKind.Scalar; GemmKernelKind.Vector; GemmKernelKind.Avx2Fma ]
-    |> List.filter MicroKernels.IsSupported
+let private allKinds = [ GemmKernelKind.Scalar; GemmKernelKind.Vector; GemmKernelKind.Avx2Fma; GemmKernelKind.Avx512 ]
+
+let private kinds = allKinds |> List.filter MicroKernels.IsSupported
+
+/// Skips the running test when the processor lacks the kernel's instructions.
+let private requireKernel (kind: GemmKernelKind) =
+    if not (MicroKernels.IsSupported kind) then
+        let lacks =
+            match kind with
+            | GemmKernelKind.Avx512 -> "AVX-512F"
+            | GemmKernelKind.Avx2Fma -> "AVX2 and FMA"
+            | _ -> $"a Vector<float> width dividing {MicroKernels.NR}"
+        skiptest $"{kind}: this processor lacks {lacks}; skipped"
 
 let private flags = [ false, false; true, false; false, true; true, true ]
 
 [<Tests>]
 let tests =
     testList "CpuGemmKernel" [
-        // Tails: M around the 6-row micro-tile, N around the 16-column one, K around the 256 block.
-        for kind in kinds do
+        // Tails: M around the 6- and 12-row micro-tiles, N around the 16- and 32-column ones, K around the
+        // 256 block.
+        for kind in allKinds do
             test $"{kind}: micro-tile tails, every transpose, alpha and beta" {
-                for m in [ 1; 5; 6; 7; 13 ] do
-                for n in [ 1; 15; 16; 17; 33 ] do
+                requireKernel kind
+                for m in [ 1; 5; 6; 7; 11; 12; 13; 25 ] do
+                for n in [ 1; 15; 16; 17; 31; 32; 33; 65 ] do
                 for k in [ 1; 3; 257 ] do
                 for ta, tb in flags do
                     checkKernel kind 1 (GemmSpec(m, n, k, ta, tb, Alpha = 0.75f, Beta = -0.5f))
             }
             test $"{kind}: blocks of several row and column tasks on two threads" {
+                requireKernel kind
                 for ta, tb in flags do
                     checkKernel kind 2 (GemmSpec(197, 301, 530, ta, tb, Alpha = 1f, Beta = 1f))
             }
+            test $"{kind}: columns beyond one 4096-wide block, K beyond one packing round, split-K" {
+                requireKernel kind
+                checkKernel kind 2 (GemmSpec(7, 4100, 1100, false, true))
+                let s = GemmSpec(37, 21, 5000, true, false, Beta = 1f)
+                Expect.isGreaterThan (BlockedGemm.SplitCount(s.M, s.N, s.K)) 1 "this shape takes the split-K path"
+                checkKernel kind 2 s
+            }
+            test $"{kind}: results are bit-identical for 1 and 2 threads (plain and split-K)" {
+                requireKernel kind
+                for s in [ GemmSpec(200, 130, 700); GemmSpec(301, 77, 600, false, true); GemmSpec(64, 64, 4096, true, false) ] do
+                    let a, b, c0 = operands 5 s
+                    let c1, c2 = Array.copy c0, Array.copy c0
+                    BlockedGemm.Run(a, b, c1, s, CpuParallel 1, kind)
+                    BlockedGemm.Run(a, b, c2, s, CpuParallel 2, kind)
+                    Expect.sequenceEqual c2 c1 $"{s}"
+            }
             test $"{kind}: leading dimensions, offsets and batch strides" {
+                requireKernel kind
                 for ta, tb in flags do
                     let m, n, k = 11, 19, 23
                     let lda = (if ta then m else k) + 3
@@ -86,21 +117,18 @@ let tests =
                                      OffsetA = 2L, OffsetB = 7L, OffsetC = 5L)
                     checkKernel kind 2 s
             }
-        test "columns beyond one 4096-wide block and K beyond one packing round" {
-            checkKernel MicroKernels.Best 2 (GemmSpec(7, 4100, 1100, false, true))
-        }
-        test "split-K for weight-gradient shapes matches the naive product" {
-            let s = GemmSpec(37, 21, 5000, true, false, Beta = 1f)
-            Expect.isGreaterThan (BlockedGemm.SplitCount(s.M, s.N, s.K)) 1 "this shape takes the split-K path"
-            checkKernel MicroKernels.Best 2 s
-        }
-        test "results are bit-identical for 1 and 2 threads (plain and split-K)" {
-            for s in [ GemmSpec(200, 130, 700); GemmSpec(64, 64, 4096, true, false) ] do
-                let a, b, c0 = operands 5 s
-                let c1, c2 = Array.copy c0, Array.copy c0
-                BlockedGemm.Run(a, b, c1, s, CpuParallel 1, MicroKernels.Best)
-                BlockedGemm.Run(a, b, c2, s, CpuParallel 2, MicroKernels.Best)
-                Expect.sequenceEqual c2 c1 $"{s}"
+        test "TC_CPU_GEMM: names pick a kernel, auto and empty pick the best, others are refused" {
+            Expect.equal (MicroKernels.Parse null) MicroKernels.Best "unset"
+            Expect.equal (MicroKernels.Parse " Auto ") MicroKernels.Best "auto"
+            Expect.equal (MicroKernels.Parse "scalar") GemmKernelKind.Scalar "scalar"
+            for kind in allKinds do
+                let name = MicroKernels.Name kind
+                if MicroKernels.IsSupported kind then Expect.equal (MicroKernels.Parse name) kind name
+                else Expect.throwsT<ArgumentException> (fun () -> MicroKernels.Parse name |> ignore) $"{name} is not available here"
+            let e = Expect.throwsC (fun () -> MicroKernels.Parse "sse9" |> ignore) id
+            Expect.stringContains e.Message "TC_CPU_GEMM=sse9" "the error names the variable and the value"
+            if MicroKernels.IsSupported GemmKernelKind.Avx512 then Expect.equal MicroKernels.Best GemmKernelKind.Avx512 "AVX-512F present"
+            elif MicroKernels.IsSupported GemmKernelKind.Avx2Fma then Expect.equal MicroKernels.Best GemmKernelKind.Avx2Fma "AVX2 present"
         }
         test "beta = 0 never reads C (NaN there does not leak); K = 0 scales C by beta" {
             let s = GemmSpec(9, 18, 5)

@@ -1,7 +1,7 @@
 /// IBackend.Gemm on every backend against the double reference (Reference/GemmReference.fs): odd shapes
 /// with every transpose combination, α and β ≠ 0/1 (β = 1 is gradient accumulation), batches with leading
 /// dimensions, strides and offsets (untouched elements of C must keep their bits), long K (split-K), and
-/// argument errors. Maths: kernels.md §1; layout: GemmSpec in Specs.cs.
+/// argument errors. Maths: docs/kernels.md §1; layout: GemmSpec in Specs.cs.
 module TaylorCalibrate.Tests.Ops.GemmTests
 
 open System
@@ -128,4 +128,12 @@ let tests =
                         use a = be.FromInts(Array.zeroCreate 35, 7, 5)
                         use b = be.FromArray(data 65, 5, 13)
                         use c = be.FromArray(data 91, 7, 13)
-                        Backends.expectArgumentError "a" "" (fun () -> be.Gemm(a, b, c, spec)) "Gemm" } ] ] ]
+                        Backends.expectArgumentError "a" "" (fun () -> be.Gemm(a, b, c, spec)) "Gemm" }
+                    // The same contract on every backend: C is written while A and B are read.
+                    test "C aliasing A or B names 'c'" {
+                        let be = h.Get()
+                        use x = be.FromArray(data 64, 8, 8)
+                        use y = be.FromArray(data 64, 8, 8)
+                        let square = GemmSpec(8, 8, 8)
+                        Backends.expectArgumentError "c" "" (fun () -> be.Gemm(x, y, x, square)) "Gemm c = a"
+                        Backends.expectArgumentError "c" "" (fun () -> be.Gemm(x, y, y, square)) "Gemm c = b" } ] ] ]

@@ -3,7 +3,7 @@
 /// vocabularies of 1, 50, 1031 and 4099 (across streaming blocks), ignored targets (< 0) with exactly zero
 /// gradient rows, gradScale, dlogits/dstudent as a separate tensor (overwritten), aliasing the logits, or
 /// absent; logits near 100 (a kernel without the max shift overflows); argument errors.
-/// Maths: kernels.md §4 (Cross-entropy / KL).
+/// Maths: docs/kernels.md §4 (Cross-entropy / KL).
 module TaylorCalibrate.Tests.Ops.LossTests
 
 open System
@@ -164,6 +164,15 @@ let private errorTests (h: Backends.BackendHandle) =
           use t = be.FromInts([| 0; 1; 2; 3 |], 4)
           use loss = make be [| 3 |]
           Backends.expectArgumentError "targets" "[4]" (fun () -> be.CrossEntropy(z, t, loss, null, 1.0f)) "CrossEntropy" }
+      // One behaviour on every backend (IBackend.CrossEntropy): a target ≥ V is an input error raised before
+      // any work is queued (loss keeps its old contents); negative targets stay "ignored".
+      test "CrossEntropy with a target = V names 'targets' and leaves loss untouched" {
+          let be = h.Get()
+          use z = make be [| 3; 7 |]
+          use t = be.FromInts([| 0; 7; -1 |], 3)
+          use loss = be.FromArray(garbage 3, 3)
+          Backends.expectArgumentError "targets" "" (fun () -> be.CrossEntropy(z, t, loss, null, 1.0f)) "CrossEntropy"
+          Expect.equal (loss.ToArray()) (garbage 3) "loss untouched" }
       test "CrossEntropy with F32 targets names 'targets'" {
           let be = h.Get()
           use z = make be [| 3; 7 |]

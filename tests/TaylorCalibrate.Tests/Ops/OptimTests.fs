@@ -2,7 +2,7 @@
 /// on every backend against the double reference (Reference/OptimReference.fs): sizes from 1 to 100003,
 /// the empty max-abs, determinism (same bits twice), several AdamW steps with bias correction, weight decay
 /// and an eps-dominated case, clipping above and below the threshold, argument errors.
-/// Maths: kernels.md §4 (AdamW, Gradient-norm clipping, Reductions).
+/// Maths: docs/kernels.md §4 (AdamW, Gradient-norm clipping, Reductions).
 module TaylorCalibrate.Tests.Ops.OptimTests
 
 open System
@@ -66,6 +66,16 @@ let private reduceTests (h: Backends.BackendHandle) =
             test $"{op} n={n}" {
                 let x = Rand.normal n 1.0 n |> Array.map (fun v -> v + 0.3f)
                 expectReduce op x (runReduce (h.Get()) op x) }
+      // One behaviour on every backend (IBackend.Reduce): the empty sums are 0, the empty mean is NaN (0/0).
+      for op in [ ReduceOp.Sum; ReduceOp.SumOfSquares; ReduceOp.Mean ] do
+          yield test $"{op} of an empty tensor" {
+              let be = h.Get()
+              use tx = be.Allocate [| 0 |]
+              use r = be.FromArray([| 777.0f |], 1)
+              be.Reduce(op, tx, r)
+              let got = r.ToArray()[0]
+              if op = ReduceOp.Mean then Expect.isTrue (System.Single.IsNaN got) $"mean of nothing is NaN, got {got}"
+              else Expect.equal got 0.0f "sum of nothing" }
       yield test "MaxAbs of an empty tensor is 0" {
           let be = h.Get()
           use tx = be.Allocate [| 0 |]

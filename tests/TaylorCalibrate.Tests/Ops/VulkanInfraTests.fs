@@ -322,7 +322,8 @@ let ops =
             let be = vk ()
             let v, d, n = 11, 7, 40
             let table = Rand.normal 50 1.0 (v * d)
-            let ids = Array.init n (fun i -> if i = 3 then -1 elif i = 4 then v else (i * 7) % 5)
+            // Repeated ids exercise the ordered scatter-add; out-of-range ids are input errors (Ops/EmbeddingTests.fs).
+            let ids = Array.init n (fun i -> (i * 7) % 5)
             let dy = Rand.normal 51 1.0 (n * d)
             use tt = upload be table [ v; d ]
             use ti = be.FromInts(ids, n)

@@ -43,15 +43,15 @@ let private shortAlign = { Align.AlignOptions.defaults with Steps = 40 }
 let private convertTiny (be: IBackend) strategy kept expand =
     let t = tinyTeacher ()
     let batch = tinyBatch t
-    use dt = new DeviceTeacher(be, t)
+    use dt = new DeviceDecoder(be, t)
     let converted = [ 0 .. t.Config.Layers - 1 ] |> List.except kept
     let trace = TeacherTrace.run dt batch converted
     let o = { Convert.ConvertOptions.defaults strategy with Expand = expand; Align = shortAlign }
     t, batch, Convert.run be t trace kept o Convert.Hooks.none CancellationToken.None
 
 let private studentLogits (be: IBackend) (s: Student) (ids: int[]) B T =
-    use m = new HybridForward.DeviceStudent(be, s)
-    HybridForward.logits m ids B T
+    use m = new DeviceDecoder(be, s)
+    Decoder.logits m ids B T
 
 [<Tests>]
 let tests =
@@ -60,11 +60,11 @@ let tests =
             let be = Backends.cpu.Get()
             let t, batch, (s, _) = convertTiny be Convert.InitStrategy.ZeroGate [ 1 ] GqaExpand.Heads
             let student = studentLogits be s batch.Tokens batch.B batch.T
-            use dt = new DeviceTeacher(be, t)
-            let r = Forward.run dt batch.Tokens batch.B batch.T { Forward.ForwardOptions.none with SkipAttention = set [ 0; 2 ] }
+            use dt = new DeviceDecoder(be, t)
+            let r = Decoder.forward dt batch.Tokens batch.B batch.T { Decoder.ForwardOptions.none with SkipAttention = set [ 0; 2 ] }
             let skipped = (use l = r.Logits in l.ToArray())
             Expect.isTrue (student = skipped) "logits identical"
-            let full = Forward.logits dt batch.Tokens batch.B batch.T
+            let full = Decoder.logits dt batch.Tokens batch.B batch.T
             Expect.isFalse (student = full) "and different from the full teacher"
         }
 
@@ -114,10 +114,10 @@ let tests =
                 |> Result.defaultWith (fun e -> failtest (InputError.describe e))
             // 8 windows of 512 held-out tokens keep the test short.
             let set = Perplexity.prepare evalText t.Config (Corpus.tokenStream tok evalDocs) None (Some(8 * 512)) |> Result.defaultWith (fun e -> failtest (InputError.describe e))
-            use dt = new DeviceTeacher(be, t)
+            use dt = new DeviceDecoder(be, t)
             let ppl (s: Student) =
-                use m = new HybridForward.DeviceStudent(be, s)
-                let lm : Perplexity.LogitsModel = { Backend = be; Vocab = s.Config.Vocab; Logits = HybridForward.run m }
+                use m = new DeviceDecoder(be, s)
+                let lm = Perplexity.decoderModel m
                 (Perplexity.evaluateModel lm None set None CancellationToken.None).Perplexity
             // Measured with 100 steps, seed 0, head-wise expansion, 8 windows of valid-far: kept [0] naive 33.5 vs
             // taylor-calibrate 9.34 (3.6x); kept [0; 2] 14.9 vs 6.97 (2.1x). The bounds leave ~30 % slack for

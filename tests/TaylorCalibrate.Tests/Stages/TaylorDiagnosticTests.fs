@@ -1,4 +1,4 @@
-/// The Taylor diagnostic (method.md §11e) and the per-layer alignment checkpoints behind --resume. (Named
+/// The Taylor diagnostic (docs/method.md §11e) and the per-layer alignment checkpoints behind --resume. (Named
 /// after StudentTests alphabetically: the wildcard compile order lets it reuse the tiny teacher.)
 module TaylorCalibrate.Tests.Stages.TaylorDiagnosticTests
 
@@ -17,7 +17,7 @@ let tests =
         test "Taylor diagnostic: exact when every row attends to one token (T = 1); finite and ordered on a tiny teacher" {
             let be = Backends.cpu.Get()
             let t = StudentTests.tinyTeacher ()
-            use dt = new DeviceTeacher(be, t)
+            use dt = new DeviceDecoder(be, t)
             for T in [ 1; 24 ] do
                 let batch : Calibration.CalibrationBatch =
                     { Tokens = Rand.ints 5 t.Config.Vocab (3 * T); B = 3; T = T; Source = "random"; Documents = 1; EvalSource = None; OverlappingDocuments = 0 }

@@ -1,15 +1,18 @@
 // Token-recurrent gated delta rule on one (b, h) problem, forward and backward (BPTT with recomputation).
-// Maths: kernels.md §3.1. The state S is [K,V] row-major (row i = key coordinate i), fp32, and every token
-// step sweeps its rows twice with Vector256 over the V columns, so S (≤ 256 KiB at K = V = 256, 16 KiB at
-// 64) stays in L1/L2.
+// Maths: docs/kernels.md §3.1. The state S is [K,V] row-major (row i = key coordinate i), fp32, and every token
+// step sweeps its rows twice with Vector256 over the V columns (64-column Vector512 blocks on AVX-512,
+// GdnRecurrent.Wide.cs), so S (≤ 256 KiB at K = V = 256, 16 KiB at 64) stays in L1/L2.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
 namespace TaylorCalibrate.Backend.Cpu;
 
-internal static unsafe class GdnRecurrent
+internal static unsafe partial class GdnRecurrent
 {
+    /// <summary>Whether the column passes take 64-column Vector512 blocks (GdnRecurrent.Wide.cs).</summary>
+    static readonly bool Wide = System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated;
+
     /// <summary>
     /// o (T, V) = outputs; state (K, V) holds h0 (or zeros) on entry and the final state on exit.
     /// With o null the steps only advance the state (recomputation in the backward).
@@ -31,10 +34,11 @@ internal static unsafe class GdnRecurrent
                 float beta = p.Beta[t];
                 // Columns of S are independent within a step, so blocks of 32 columns keep their
                 // accumulators (kS, o) in registers; the V % 32 tail columns go row by row.
-                int vb = V - V % 32;
+                int vb = V - V % 32, vw = Wide ? V - V % 64 : 0;
                 // pass 1: S ← e^g·S and kS = Sᵀk
                 float* from = t == t0 && src != null ? src : S;
-                for (int j0 = 0; j0 < vb; j0 += 32) DecayAndAccumulate32(from + j0, S + j0, K, V, decay, kt, kS + j0);
+                for (int j0 = 0; j0 < vw; j0 += 64) DecayAndAccumulate64(from + j0, S + j0, K, V, decay, kt, kS + j0);
+                for (int j0 = vw; j0 < vb; j0 += 32) DecayAndAccumulate32(from + j0, S + j0, K, V, decay, kt, kS + j0);
                 if (vb < V)
                 {
                     new Span<float>(kS + vb, V - vb).Clear();
@@ -44,7 +48,8 @@ internal static unsafe class GdnRecurrent
                 for (int j = 0; j < V; j++) u[j] = beta * (vt[j] - kS[j]);
                 // pass 2: S ← S + k uᵀ and o = scale·Sᵀq (o = null: state only)
                 float* ot = o is null ? kS : o + (long)t * V;   // kS is dead here: a sink for the unused read
-                for (int j0 = 0; j0 < vb; j0 += 32) UpdateAndRead32(S + j0, K, V, kt, u + j0, qt, ot + j0);
+                for (int j0 = 0; j0 < vw; j0 += 64) UpdateAndRead64(S + j0, K, V, kt, u + j0, qt, ot + j0);
+                for (int j0 = vw; j0 < vb; j0 += 32) UpdateAndRead32(S + j0, K, V, kt, u + j0, qt, ot + j0);
                 if (vb < V)
                 {
                     new Span<float>(ot + vb, V - vb).Clear();
@@ -58,7 +63,7 @@ internal static unsafe class GdnRecurrent
     // Columns [0, 32) of the state (K rows, stride V): S ← decay·src (src may be S);
     // kS[0..32) = Σ_i k_i·S[i, ·].
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void DecayAndAccumulate32(float* src, float* S, int K, int V, float decay, float* k, float* kS)
+    internal static void DecayAndAccumulate32(float* src, float* S, int K, int V, float decay, float* k, float* kS)
     {
         var vd = Vector256.Create(decay);
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
@@ -77,7 +82,7 @@ internal static unsafe class GdnRecurrent
 
     // Columns [0, 32) of S: S ← S + k uᵀ; o[0..32) = Σ_i q_i·S[i, ·] (unscaled).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void UpdateAndRead32(float* S, int K, int V, float* k, float* u, float* q, float* o)
+    internal static void UpdateAndRead32(float* S, int K, int V, float* k, float* u, float* q, float* o)
     {
         var u0 = Vector256.Load(u); var u1 = Vector256.Load(u + 8);
         var u2 = Vector256.Load(u + 16); var u3 = Vector256.Load(u + 24);
@@ -138,7 +143,7 @@ internal static unsafe class GdnRecurrent
     }
 
     /// <summary>
-    /// BPTT (kernels.md §3.1). States are recomputed: checkpoints every <c>seg</c> tokens, then each segment's
+    /// BPTT (docs/kernels.md §3.1). States are recomputed: checkpoints every <c>seg</c> tokens, then each segment's
     /// states are replayed forward into a buffer and walked backwards. dht (K, V) may be null.
     /// Gradients of q, k are w.r.t. the (normalised) vectors in <paramref name="p"/>.
     /// </summary>
@@ -193,8 +198,9 @@ internal static unsafe class GdnRecurrent
             float* qt = q + (long)t * K, kt = k + (long)t * K, vt = v + (long)t * V;
             float qk = SmallMatrix.Dot(qt, kt, K);
             // pass A: kS = S′ᵀk, du = dSᵀk; column blocks of 32 keep both in registers, tail row by row
-            int vb = V - V % 32;
-            for (int j0 = 0; j0 < vb; j0 += 32) PassA32(prev + j0, dS + j0, K, V, decay, kt, kS + j0, du + j0);
+            int vb = V - V % 32, vw = Wide ? V - V % 64 : 0;
+            for (int j0 = 0; j0 < vw; j0 += 64) PassA64(prev + j0, dS + j0, K, V, decay, kt, kS + j0, du + j0);
+            for (int j0 = vw; j0 < vb; j0 += 32) PassA32(prev + j0, dS + j0, K, V, decay, kt, kS + j0, du + j0);
             if (vb < V)
             {
                 new Span<float>(kS + vb, V - vb).Clear();
@@ -239,7 +245,7 @@ internal static unsafe class GdnRecurrent
 
     // Columns [0, 32) of prev and dS (K rows, stride V): kS = Σ_i k_i·decay·prev_i, du = Σ_i k_i·dS_i.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void PassA32(float* prev, float* dS, int K, int V, float decay, float* k, float* kS, float* du)
+    internal static void PassA32(float* prev, float* dS, int K, int V, float decay, float* k, float* kS, float* du)
     {
         Vector256<float> s0 = default, s1 = default, s2 = default, s3 = default;
         Vector256<float> d0 = default, d1 = default, d2 = default, d3 = default;

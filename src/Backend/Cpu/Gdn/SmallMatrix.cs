@@ -1,7 +1,8 @@
 // Small dense matrix kernels for the sequence mixers (intra-chunk products of the chunked gated delta rule,
-// kernels.md §3.2–3.3, and the tile products of flash attention, §2). Operands are at most a few hundred
-// rows and columns and live in L1/L2, so a register-blocked 4×16 micro-kernel over Vector256 is enough;
-// the big-matrix GEMM of the backend (Cpu GEMM, issue 2) is not used here because these tiles are strided
+// docs/kernels.md §3.2–3.3, and the tile products of flash attention, §2). Operands are at most a few hundred
+// rows and columns and live in L1/L2, so a register-blocked 4×16 micro-kernel over Vector256 is enough
+// (8×32 over Vector512 on AVX-512 processors, SmallMatrix.Wide.cs);
+// the big-matrix GEMM of the backend (Cpu/Gemm) is not used here because these tiles are strided
 // views into per-head buffers and are far too small to amortise packing.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -9,7 +10,7 @@ using System.Runtime.Intrinsics;
 namespace TaylorCalibrate.Backend.Cpu;
 
 /// <summary>Register-blocked fp32 products of small strided matrices (fp32 products and sums).</summary>
-internal static unsafe class SmallMatrix
+internal static unsafe partial class SmallMatrix
 {
     /// <summary>
     /// C = α·A·B (+ C when <paramref name="accumulate"/>), fp32 accumulation.
@@ -26,9 +27,32 @@ internal static unsafe class SmallMatrix
             if (!accumulate) for (int i = 0; i < M; i++) new Span<float>(C + (long)i * ldc, N).Clear();
             return;
         }
+        if (Wide) GemmWide(M, N, Kd, A, rsA, csA, B, ldb, C, ldc, alpha, accumulate);
+        else GemmNarrow(M, N, Kd, A, rsA, csA, B, ldb, C, ldc, alpha, accumulate);
+    }
+
+    /// <summary><see cref="Gemm"/> in Vector256 (M, N ≥ 1, Kd ≥ 1).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void GemmNarrow(int M, int N, int Kd, float* A, int rsA, int csA, float* B, int ldb,
+                                  float* C, int ldc, float alpha, bool accumulate)
+    {
         int i0 = 0;
         for (; i0 + 4 <= M; i0 += 4) Rows4(i0, N, Kd, A, rsA, csA, B, ldb, C, ldc, alpha, accumulate);
         for (; i0 < M; i0++) Rows1(i0, N, Kd, A, rsA, csA, B, ldb, C, ldc, alpha, accumulate);
+    }
+
+    /// <summary>The specification of <see cref="Gemm"/>: plain loops, the same fused multiply-add chain per
+    /// element (tests compare the vector forms with it bit for bit).</summary>
+    public static void GemmScalar(int M, int N, int Kd, float* A, int rsA, int csA, float* B, int ldb,
+                                  float* C, int ldc, float alpha, bool accumulate)
+    {
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++)
+            {
+                float s = 0;
+                for (int p = 0; p < Kd; p++) s = MathF.FusedMultiplyAdd(A[(long)i * rsA + (long)p * csA], B[(long)p * ldb + j], s);
+                C[(long)i * ldc + j] = alpha * s + (accumulate ? C[(long)i * ldc + j] : 0f);
+            }
     }
 
     // 4 rows of C: columns in blocks of 16 (two vectors, 8 accumulators), then 8, then a scalar tail.

@@ -6,12 +6,13 @@
 //       parallel over tasks (row block of ~MC rows × range of B micro-panels), each:
 //         for pc in round step KC:             the first K block applies β, later ones accumulate (β = 1)
 //           pack op(A)[rows, pc..]             A block mc×kc stays in L2
-//           for each B micro-panel (kc×16, L1): for each A micro-panel (kc×6): 6×16 micro-kernel
+//           for each B micro-panel (kc×NR): for each A micro-panel (kc×MR): MR×NR micro-kernel
+// MR, NR, KC and MC belong to the kernel in use (6×16 or 12×32, MicroKernels.Geometry).
 // Packing a whole round of K before the tasks start keeps thread barriers to two per round.
 // Each element of C sums its K products in the same order whatever the tasks are, so the result does
 // not depend on the thread count. Weight-gradient shapes (huge K, few output tiles) instead split K into
 // up to 8 ranges chosen from the shape alone, compute them in parallel into private buffers and add those
-// in a fixed order (llama.cpp's split-K rule, kernels.md §1).
+// in a fixed order (llama.cpp's split-K rule, docs/kernels.md §1).
 using System.Buffers;
 using static TaylorCalibrate.Backend.Cpu.Gemm.MicroKernels;
 
@@ -20,9 +21,9 @@ namespace TaylorCalibrate.Backend.Cpu.Gemm;
 /// <summary>The CPU GEMM driver: blocking, packing, threading and split-K around the micro-kernels.</summary>
 internal static unsafe class BlockedGemm
 {
-    /// <summary>Reduction block: a packed B micro-panel (KC×16 floats = 16 KiB) fits in a 32 KiB L1.</summary>
+    /// <summary>Reduction block of the split-K ranges (every kernel's KC divides it).</summary>
     public const int KC = 256;
-    /// <summary>Rows of an A block (multiple of MR): MC×KC floats = 96 KiB, well inside a 512 KiB L2.</summary>
+    /// <summary>Rows of an A block in the split-K rule (a shape-only choice, the same for every kernel).</summary>
     public const int MC = 96;
     /// <summary>Columns of a B block: KC×NC floats = 4 MiB in the shared L3.</summary>
     public const int NC = 4096;
@@ -97,6 +98,7 @@ internal static unsafe class BlockedGemm
     static void Blocked(GemmOperand a, GemmOperand b, float[] c, long cOffset, int ldc,
                         int m, int n, int k, float alpha, float beta, CpuParallel par, GemmKernelKind kind)
     {
+        var (MR, NR, KC, MC) = Geometry(kind);     // the kernel's sizes (hide the split-K rule's KC, MC)
         int threads = par.Threads;
         // Row blocks: about MC rows each, and a multiple of the thread count when there are several, so
         // the last round of tasks does not leave a core idle (1024 rows: 12 blocks of 90, not 11 of 96).
@@ -131,7 +133,7 @@ internal static unsafe class BlockedGemm
                         int kb = t / packSplits, part = t % packSplits, k0 = pr + kb * KC;
                         fixed (float* pb = b.Data, pbp = bPack)
                             GemmPacking.PackB(b, pb, k0, Math.Min(KC, k - k0), jc, nc,
-                                              part * panels / packSplits, (part + 1) * panels / packSplits, pbp + (long)kb * KC * ncPadded);
+                                              part * panels / packSplits, (part + 1) * panels / packSplits, NR, pbp + (long)kb * KC * ncPadded);
                     });
 
                     par.For(tasks, 2L * m * nc * kBlocks * KC, t =>
@@ -145,9 +147,9 @@ internal static unsafe class BlockedGemm
                                 for (int kb = 0; kb < kBlocks; kb++)
                                 {
                                     int k0 = pr + kb * KC, kc = Math.Min(KC, k - k0);
-                                    GemmPacking.PackA(a, pa, i0, rows, k0, kc, pap);
+                                    GemmPacking.PackA(a, pa, i0, rows, k0, kc, MR, pap);
                                     Macro(pap, pbp + (long)kb * KC * ncPadded, pcc + cOffset + (long)i0 * ldc + jc, ldc, rows, nc, kc,
-                                          cs * panels / colSplits, (cs + 1) * panels / colSplits, alpha, k0 == 0 ? beta : 1f, kind);
+                                          cs * panels / colSplits, (cs + 1) * panels / colSplits, alpha, k0 == 0 ? beta : 1f, kind, MR, NR);
                                 }
                         }
                         finally { ArrayPool<float>.Shared.Return(aPack); }
@@ -161,10 +163,10 @@ internal static unsafe class BlockedGemm
     /// <summary>The two innermost loops: B micro-panels q0..q1−1 (each reused from L1 across every A
     /// micro-panel) times all A micro-panels of a packed block; c points at the block's top-left element.</summary>
     static void Macro(float* aPack, float* bPack, float* c, long ldc, int rows, int cols, int kc,
-                      int q0, int q1, float alpha, float beta, GemmKernelKind kind)
+                      int q0, int q1, float alpha, float beta, GemmKernelKind kind, int MR, int NR)
     {
         var kernel = Get(kind);
-        float* tile = stackalloc float[MR * NR];
+        float* tile = stackalloc float[MaxTile];
         for (int q = q0; q < q1; q++)
         {
             float* bPanel = bPack + (long)q * NR * kc;
@@ -179,7 +181,7 @@ internal static unsafe class BlockedGemm
                 else
                 {
                     kernel(kc, aPanel, bPanel, tile, NR, 1f, 0f);
-                    StorePartial(tile, cTile, ldc, mr, nr, alpha, beta);
+                    StorePartial(tile, NR, cTile, ldc, mr, nr, alpha, beta);
                 }
             }
         }

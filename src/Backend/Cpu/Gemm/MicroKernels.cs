@@ -1,9 +1,11 @@
-// GEMM micro-kernels: one MR×NR = 6×16 tile of C from packed panels (GemmPacking.cs).
-//   C[r, j] = α·Σ_k a[k·MR + r]·b[k·NR + j] + β·C[r, j]     r < 6, j < 16, k < kc
+// GEMM micro-kernels: one MR×NR tile of C from packed panels (GemmPacking.cs).
+//   C[r, j] = α·Σ_k a[k·MR + r]·b[k·NR + j] + β·C[r, j]     r < MR, j < NR, k < kc
 // a: packed A micro-panel (kc, MR); b: packed B micro-panel (kc, NR); c: the tile, row stride ldc.
 // β = 0 means C is not read (so NaN/garbage in C never leaks into the result, as in BLAS).
-// Three variants, chosen once per call: AVX2+FMA (the fast path: 12 ymm accumulators, 2 B loads and one A
-// broadcast per row and k), portable Vector<float>, and scalar (the specification of the other two).
+// Four variants, chosen at run time by what the processor offers (or forced by TC_CPU_GEMM): AVX-512F
+// (a 12×32 tile in 24 zmm accumulators, Avx512Kernel.cs), AVX2+FMA (12 ymm accumulators, 2 B loads and one A
+// broadcast per row and k), portable Vector<float>, and scalar (the specification of the others; 6×16 like
+// the AVX2 and Vector ones).
 // Maths: docs/kernels.md §1.
 using System.Numerics;
 using System.Runtime.CompilerServices;
@@ -21,33 +23,94 @@ internal enum GemmKernelKind
     Vector,
     /// <summary>Vector256 with AVX2 and FMA (x86-64 since Haswell / Zen).</summary>
     Avx2Fma,
+    /// <summary>Vector512 with AVX-512F: a 12×32 tile (Avx512Kernel.cs; Zen 4/5, Skylake-X and later).</summary>
+    Avx512,
 }
 
-/// <summary>The 6×16 micro-kernels and the tile store they share.</summary>
+/// <summary>Tile and block sizes of one micro-kernel: an Mr×Nr tile of C per call; packed A blocks of
+/// Mc×Kc floats (L2) and B micro-panels of Kc×Nr floats (L1).</summary>
+internal readonly record struct KernelGeometry(int Mr, int Nr, int Kc, int Mc);
+
+/// <summary>The 6×16 micro-kernels, the choice between every kernel and the tile store they share.</summary>
 internal static unsafe class MicroKernels
 {
-    /// <summary>Rows of a micro-tile (6 rows × 2 vectors = 12 accumulators, leaving 4 of 16 ymm registers).</summary>
+    /// <summary>Rows of the 6×16 tile (6 rows × 2 vectors = 12 accumulators, leaving 4 of 16 ymm registers).</summary>
     public const int MR = 6;
-    /// <summary>Columns of a micro-tile (two 8-float vectors).</summary>
+    /// <summary>Columns of the 6×16 tile (two 8-float vectors).</summary>
     public const int NR = 16;
+    /// <summary>The largest tile of any kernel (the scratch tile of edge stores).</summary>
+    public const int MaxTile = Avx512Kernel.MR * Avx512Kernel.NR;
+
+    /// <summary>Environment variable that forces a kernel: scalar, vector, avx2 or avx512.</summary>
+    public const string ForceVariable = "TC_CPU_GEMM";
 
     /// <summary>The best kernel this machine runs.</summary>
     public static GemmKernelKind Best =>
-        Avx2.IsSupported && Fma.IsSupported ? GemmKernelKind.Avx2Fma
+        IsSupported(GemmKernelKind.Avx512) ? GemmKernelKind.Avx512
+        : IsSupported(GemmKernelKind.Avx2Fma) ? GemmKernelKind.Avx2Fma
         : Vector.IsHardwareAccelerated && NR % Vector<float>.Count == 0 ? GemmKernelKind.Vector
         : GemmKernelKind.Scalar;
 
     /// <summary>Whether the kernel can run here (tests try every available one).</summary>
     public static bool IsSupported(GemmKernelKind kind) => kind switch
     {
+        GemmKernelKind.Avx512 => Avx512F.IsSupported,
         GemmKernelKind.Avx2Fma => Avx2.IsSupported && Fma.IsSupported,
         GemmKernelKind.Vector => NR % Vector<float>.Count == 0,
         _ => true,
     };
 
+    /// <summary>The name <see cref="ForceVariable"/> takes for a kernel.</summary>
+    public static string Name(GemmKernelKind kind) => kind switch
+    {
+        GemmKernelKind.Avx512 => "avx512",
+        GemmKernelKind.Avx2Fma => "avx2",
+        GemmKernelKind.Vector => "vector",
+        _ => "scalar",
+    };
+
+    /// <summary>What `devices` prints for a kernel.</summary>
+    public static string Describe(GemmKernelKind kind)
+    {
+        var g = Geometry(kind);
+        return kind switch
+        {
+            GemmKernelKind.Avx512 => $"AVX-512F GEMM kernel {g.Mr}x{g.Nr}",
+            GemmKernelKind.Avx2Fma => $"AVX2+FMA GEMM kernel {g.Mr}x{g.Nr}",
+            GemmKernelKind.Vector => $"Vector<float> ({Vector<float>.Count} lanes) GEMM kernel {g.Mr}x{g.Nr}",
+            _ => $"scalar GEMM kernel {g.Mr}x{g.Nr}",
+        };
+    }
+
+    /// <summary>The kernel to use: <see cref="ForceVariable"/> when set, else <see cref="Best"/>.</summary>
+    /// <exception cref="ArgumentException">The variable names no kernel, or one this processor cannot run.</exception>
+    public static GemmKernelKind FromEnvironment() => Parse(Environment.GetEnvironmentVariable(ForceVariable));
+
+    /// <summary>The kernel a value of <see cref="ForceVariable"/> asks for (null, empty or "auto": <see cref="Best"/>).</summary>
+    /// <exception cref="ArgumentException">The value names no kernel, or one this processor cannot run.</exception>
+    public static GemmKernelKind Parse(string? value)
+    {
+        var v = value?.Trim().ToLowerInvariant();
+        if (string.IsNullOrEmpty(v) || v == "auto") return Best;
+        var all = Enum.GetValues<GemmKernelKind>();
+        foreach (var kind in all)
+            if (Name(kind) == v)
+                return IsSupported(kind) ? kind
+                    : throw new ArgumentException($"{ForceVariable}={v}: this processor cannot run the {v} GEMM kernel; it runs {string.Join(", ", all.Where(IsSupported).Select(Name))}");
+        throw new ArgumentException($"{ForceVariable}={v}: expected auto, {string.Join(", ", all.Select(Name))}");
+    }
+
+    /// <summary>Tile and block sizes of a kernel (the 12×32 kernel's are explained in Avx512Kernel.cs).</summary>
+    public static KernelGeometry Geometry(GemmKernelKind kind) => kind switch
+    {
+        GemmKernelKind.Avx512 => new(Avx512Kernel.MR, Avx512Kernel.NR, Avx512Kernel.KC, Avx512Kernel.MC),
+        _ => new(MR, NR, 256, 96),
+    };
+
     /// <summary>Function pointer to the kernel: (kc, a, b, c, ldc, α, β).</summary>
     public static delegate*<int, float*, float*, float*, long, float, float, void> Get(GemmKernelKind kind) => kind switch
     {
+        GemmKernelKind.Avx512 => &Avx512Kernel.Tile12x32,
         GemmKernelKind.Avx2Fma => &Avx2Fma6x16,
         GemmKernelKind.Vector => &Vector6x16,
         _ => &Scalar6x16,
@@ -149,15 +212,15 @@ internal static unsafe class MicroKernels
         Avx.Store(p + 8, hi);
     }
 
-    /// <summary>Merges a full 6×16 accumulator tile (row stride NR, α and β already 1 and 0) into the
-    /// valid mr×nr corner of C: the tail path for tiles at the right and bottom edges.</summary>
-    public static void StorePartial(float* tile, float* c, long ldc, int mr, int nr, float alpha, float beta)
+    /// <summary>Merges a full accumulator tile (row stride <paramref name="tileNr"/>, α and β already 1 and 0)
+    /// into the valid mr×nr corner of C: the tail path for tiles at the right and bottom edges.</summary>
+    public static void StorePartial(float* tile, int tileNr, float* c, long ldc, int mr, int nr, float alpha, float beta)
     {
         for (int r = 0; r < mr; r++)
             for (int j = 0; j < nr; j++)
             {
                 float* p = c + r * ldc + j;
-                *p = beta == 0 ? alpha * tile[r * NR + j] : alpha * tile[r * NR + j] + beta * *p;
+                *p = beta == 0 ? alpha * tile[r * tileNr + j] : alpha * tile[r * tileNr + j] + beta * *p;
             }
     }
 }

@@ -1,15 +1,17 @@
-/// The gdn_v4 layer's explicit backward (Student/GdnLayer.fs) against central finite differences of its
+/// The gdn_v4 layer's explicit backward (Layers/Gdn.fs) against central finite differences of its
 /// forward, on a tiny layer (D 6, H 2, hd 3, T 7 < one chunk and T 70 > one chunk). The backend is fp32, so
 /// differences use a step of 3e-4 (the output RMSNorm of small read-outs is strongly curved: a step of 1e-2
 /// is off by 3x on some entries) on the loss Σ r ⊙ y, with error measured relative to the tensor's largest gradient.
-module TaylorCalibrate.Tests.Stages.GdnLayerTests
+module TaylorCalibrate.Tests.Layers.GdnLayerTests
 
 open Expecto
 open TaylorCalibrate.Backend
+open TaylorCalibrate.Pipeline.Layers
 open TaylorCalibrate.Pipeline.Student
+open TaylorCalibrate.Pipeline.Training
 open TaylorCalibrate.Tests
 
-let private dims : GdnLayer.GdnDims = { D = 6; H = 2; Hd = 3 }
+let private dims : GdnDims = { D = 6; H = 2; Hd = 3 }
 
 let private weights seed : GdnWeights =
     let Q, D, H = dims.Q, dims.D, dims.H
@@ -20,27 +22,30 @@ let private weights seed : GdnWeights =
 
 /// Σ r ⊙ GDN(x) in double.
 let private objective (be: IBackend) (w: GdnWeights) (x: float32[]) (r: float32[]) T =
-    use xt = be.FromArray(x, 1, T, dims.D)
-    use y = be.Allocate [| 1; T; dims.D |]
-    use ws = new GdnLayer.GdnWorkspace(be, dims, 1, T)
-    use p = new GdnLayer.DeviceGdn(be, dims, w)
-    GdnLayer.forward p ws xt y
+    use owner = new TensorOwner(be)
+    use scratch = new Scratch(be)
+    use arena = new Arena(be)
+    let xt = owner.Upload(x, [| 1; T; dims.D |])
+    let y = owner.Allocate [| 1; T; dims.D |]
+    Gdn.forward be scratch arena (Gdn.upload owner dims w) xt y |> ignore
     Array.fold2 (fun acc a b -> acc + float a * float b) 0.0 (y.ToArray()) r
 
 let private analytic (be: IBackend) (w: GdnWeights) (x: float32[]) (r: float32[]) T =
-    use xt = be.FromArray(x, 1, T, dims.D)
-    use y = be.Allocate [| 1; T; dims.D |]
-    use dy = be.FromArray(r, 1, T, dims.D)
-    use dx = be.Allocate [| 1; T; dims.D |]
-    use ws = new GdnLayer.GdnWorkspace(be, dims, 1, T)
-    use p = new GdnLayer.DeviceGdn(be, dims, w)
-    use g = new GdnLayer.GdnGrads(be, dims)
-    g.Zero()
-    GdnLayer.forward p ws xt y
-    GdnLayer.backward p ws xt dy g (Some dx)
-    [ "q_proj", g.Wq.ToArray(); "k_proj", g.Wk.ToArray(); "v_proj", g.Wv.ToArray(); "g_proj", g.Wg.ToArray()
-      "a_proj", g.Wa.ToArray(); "b_proj", g.Wb.ToArray(); "A_log", g.ALog.ToArray(); "dt_bias", g.DtBias.ToArray()
-      "o_norm", g.ONorm.ToArray(); "x", dx.ToArray() ]
+    use owner = new TensorOwner(be)
+    use scratch = new Scratch(be)
+    use arena = new Arena(be)
+    let xt = owner.Upload(x, [| 1; T; dims.D |])
+    let y = owner.Allocate [| 1; T; dims.D |]
+    let dy = owner.Upload(r, [| 1; T; dims.D |])
+    let dx = owner.Allocate [| 1; T; dims.D |]
+    let p = Gdn.upload owner dims w
+    // Everything but o_proj trained (Phase 2 freezes it; the whole-model tests train it).
+    let trained = Gdn.named p |> List.filter (fun (n, _) -> n <> "o_proj.weight")
+    let parameters = trained |> List.map (fun (n, t) -> { Name = n; Value = t; Grad = owner.Allocate t.Shape })
+    let saved = Gdn.forward be scratch arena p xt y
+    Gdn.backward be scratch (Grads parameters) p saved dy (Some dx)
+    let short (n: string) = n.Replace(".weight", "")
+    [ for q in parameters -> short q.Name, q.Grad.ToArray() ] @ [ "x", dx.ToArray() ]
 
 let private perturb (w: GdnWeights) (x: float32[]) (name: string) (i: int) (delta: float32) =
     let bump (a: float32[]) = let c = Array.copy a in c[i] <- c[i] + delta; c
@@ -58,7 +63,7 @@ let private perturb (w: GdnWeights) (x: float32[]) (name: string) (i: int) (delt
 
 [<Tests>]
 let tests =
-    testList "Stages.GdnLayer" [
+    testList "Layers.GdnLayer" [
         for T in [ 7; 70 ] ->
             test $"backward matches central finite differences (T={T})" {
                 let be = Backends.cpu.Get()

@@ -1,0 +1,54 @@
+/// `taylor-calibrate convert --resume` through the real executable on a tiny random teacher written here (no
+/// ../shared): a non-empty --out needs --resume, a resume with other settings is refused, and an interrupted
+/// conversion (one layer's checkpoint and the student missing) resumes to the same student, bit for bit.
+module TaylorCalibrate.Tests.Cli.ConvertResumeCliTests
+
+open System.IO
+open Expecto
+open TaylorCalibrate.Pipeline.Model
+open TaylorCalibrate.Pipeline.Student
+open TaylorCalibrate.Tests
+open TaylorCalibrate.Tests.Model
+
+/// A 3-layer Llama teacher (context 256 for the 4×256 calibration batch) with the tiny byte-level tokenizer,
+/// and a calibration text of ~1,600 tokens.
+let private setup () =
+    let dir = CliRunner.tempDir ()
+    let modelDir = Path.Combine(dir, "teacher")
+    let c = { TeacherForwardTests.TinyModels.config ModelFamily.Llama with Layers = 3; Vocab = 264; Context = 256 }
+    HfWriter.write modelDir (TeacherForwardTests.TinyModels.teacher c 71) HfWriter.F32 None
+    let _, tokPath = TokenizerTests.tinyTokenizerWith ignore
+    File.Copy(tokPath, Path.Combine(modelDir, "tokenizer.json"))
+    let calib = Path.Combine(dir, "calib.txt")
+    let story i = $"Once upon a time a little cat number {i} saw the tall tree and the low wall, then went home.\n<|endoftext|>\n"
+    File.WriteAllText(calib, String.concat "" [ for i in 1 .. 20 -> story i ])
+    dir, modelDir, calib
+
+let private expectRefused (r: CliRunner.CliResult) (fragment: string) =
+    Expect.equal r.ExitCode 2 $"exit code 2 (stdout: {r.Out}; stderr: {r.Err})"
+    // The first line says what is wrong (the settings mismatch then lists the recorded settings).
+    Expect.stringContains (r.Err.Trim().Split('\n')[0]) fragment "the message says what is wrong"
+
+[<Tests>]
+let tests =
+    testList "Cli.convert resume" [
+        test "non-empty --out needs --resume, other settings are refused, an interrupted run resumes to the same student" {
+            let dir, teacher, calib = setup ()
+            let out = Path.Combine(dir, "student")
+            let args steps = [ "convert"; "--teacher"; teacher; "--keep"; "0"; "--calib-text"; calib; "--out"; out; "--device"; "cpu"; "--steps"; string steps ]
+            let first = CliRunner.run (args 2)
+            Expect.equal first.ExitCode 0 $"first run (stderr: {first.Err})"
+            let weights = Path.Combine(out, StudentIo.weightsFile)
+            let expected = File.ReadAllBytes weights
+            for i in [ 1; 2 ] do Expect.isTrue (File.Exists(Path.Combine(out, "align", $"layer-{i}.safetensors"))) $"layer {i} persisted"
+            expectRefused (CliRunner.run (args 2)) "--resume"
+            expectRefused (CliRunner.run (args 3 @ [ "--resume" ])) "other settings"
+            // Interrupted after layer 1: layer 2's checkpoint and the student itself were never written.
+            File.Delete(Path.Combine(out, "align", "layer-2.safetensors"))
+            File.Delete weights
+            let resumed = CliRunner.run (args 2 @ [ "--resume" ])
+            Expect.equal resumed.ExitCode 0 $"resumed run (stderr: {resumed.Err})"
+            Expect.isTrue (File.ReadAllBytes weights = expected) "the resumed student is bit-identical"
+            Directory.Delete(dir, true)
+        }
+    ]

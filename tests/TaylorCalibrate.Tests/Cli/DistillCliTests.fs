@@ -1,0 +1,87 @@
+/// `taylor-calibrate distill` through the real executable on the tiny fixture (Distill/TinyDistill.fs, no
+/// ../shared): a short run writes the student, checkpoints and curve; each bad input gets one line on stderr
+/// naming what is wrong, exit code 2, and no student written.
+module TaylorCalibrate.Tests.Cli.DistillCliTests
+
+open System.IO
+open System.Text.Json.Nodes
+open Expecto
+open TaylorCalibrate.Pipeline.Student
+open TaylorCalibrate.Tests
+open TaylorCalibrate.Tests.Distill
+
+let private baseArgs (f: TinyDistill.Fixture) (out: string) =
+    [ "distill"; "--stage"; "1"; "--student"; f.StudentDir; "--teacher"; f.TeacherDir; "--train-text"; f.TrainText
+      "--tokens"; "128"; "--seq-len"; "16"; "--batch"; "2"; "--checkpoint-every"; "64"; "--eval-text"; f.EvalText
+      "--out"; out; "--device"; "cpu" ]
+
+let private expectRefused (args: string list) (fragments: string list) (out: string) =
+    let r = CliRunner.run args
+    Expect.equal r.ExitCode 2 $"exit code 2 (stdout: {r.Out}; stderr: {r.Err})"
+    Expect.equal (r.Err.Trim().Split('\n').Length) 1 $"one line on stderr: {r.Err}"
+    for f in fragments do Expect.stringContains r.Err f "the message names what is wrong"
+    Expect.isFalse (File.Exists(Path.Combine(out, StudentIo.weightsFile))) "no student written to --out"
+
+let private withFixture (body: TinyDistill.Fixture -> unit) =
+    let f = TinyDistill.create ()
+    try body f finally TinyDistill.delete f
+
+[<Tests>]
+let tests =
+    testList "Cli.distill" [
+        test "a short Stage-1 run writes the student, checkpoints, curve.json and curve.svg" {
+            withFixture (fun f ->
+                let out = Path.Combine(f.Root, "out")
+                let r = CliRunner.run (baseArgs f out)
+                Expect.equal r.ExitCode 0 $"exit code 0 (stderr: {r.Err})"
+                for file in [ StudentIo.weightsFile; "config.json"; "curve.json"; "curve.svg"; "distill.json"; "checkpoints/latest" ] do
+                    Expect.isTrue (File.Exists(Path.Combine(out, file))) $"{file} written"
+                Expect.stringContains r.Out "tokens/s" "reports the throughput"
+                Expect.isTrue (StudentIo.isStudentDirectory out) "--out is a student directory")
+        }
+
+        test "a student directory whose config and tensors disagree" {
+            withFixture (fun f ->
+                let cfg = Path.Combine(f.StudentDir, "config.json")
+                let o = JsonNode.Parse(File.ReadAllText cfg)
+                o["keep_full_attention_layers"] <- JsonArray(JsonValue.Create 0)
+                File.WriteAllText(cfg, o.ToJsonString())
+                let out = Path.Combine(f.Root, "out")
+                expectRefused (baseArgs f out) [ "model.safetensors" ] out)
+        }
+
+        test "a training text shorter than one row" {
+            withFixture (fun f ->
+                let short = Path.Combine(f.Root, "short.txt")
+                File.WriteAllText(short, "the cat sat.")
+                let out = Path.Combine(f.Root, "out")
+                let args = baseArgs f out |> List.map (fun a -> if a = f.TrainText then short else a)
+                expectRefused args [ "--train-text"; "short.txt"; "fewer than one row of 17" ] out)
+        }
+
+        test "a training text that shares documents with the evaluation text" {
+            withFixture (fun f ->
+                let out = Path.Combine(f.Root, "out")
+                let args = baseArgs f out |> List.map (fun a -> if a = f.EvalText then f.TrainText else a)
+                expectRefused args [ "--train-text"; "also occur in the evaluation text" ] out)
+        }
+
+        test "a teacher other than the student's" {
+            withFixture (fun f ->
+                let other = Path.Combine(f.Root, "other-teacher")
+                TinyDistill.writeTeacher other (TinyDistill.randomTeacher f.Teacher.Config 99) (File.ReadAllText(Path.Combine(f.TeacherDir, "tokenizer.json")))
+                let out = Path.Combine(f.Root, "out")
+                let args = baseArgs f out |> List.map (fun a -> if a = f.TeacherDir then other else a)
+                expectRefused args [ "--teacher"; "embedding" ] out)
+        }
+
+        test "a checkpoint of another run" {
+            withFixture (fun f ->
+                let out = Path.Combine(f.Root, "out")
+                let first = CliRunner.run (baseArgs f out)
+                Expect.equal first.ExitCode 0 $"first run (stderr: {first.Err})"
+                File.Delete(Path.Combine(out, StudentIo.weightsFile))
+                let args = baseArgs f out @ [ "--resume"; "--seed"; "5" ]
+                expectRefused args [ "setting 'seed'"; "'0' there but '5' now" ] out)
+        }
+    ]
