@@ -49,7 +49,8 @@ let problemsOf (pageHeadings: Map<string, Set<string>>) (line: string) : string 
                   if not m.Groups["prefix"].Success then yield $"cites {m.Value} without its folder: write docs/{page}.md"
                   if m.Groups["major"].Success then
                       let major = m.Groups["major"].Value
-                      let wanted = if m.Groups["minor"].Success then $"{major}.{m.Groups["minor"].Value}" else major
+                      let minor = m.Groups["minor"]
+                      let wanted = if minor.Success then major + "." + minor.Value else major
                       if not (headings.Contains wanted) then yield $"cites {m.Value}, but docs/{page}.md has no section {wanted}" ]
 
 let private headingsOnDisk () =
