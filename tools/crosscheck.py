@@ -82,7 +82,7 @@ def attention_ref(q, k, v, scale):
     return o, lse
 
 def attention_stats_ref(q, k, scale):
-    """Per head: mean over rows of Σ_j A_ij·max(i−j, 0.5) and of −Σ_j A_ij ln A_ij (method.md §5.1)."""
+    """Per head: mean over rows of Σ_j A_ij·max(i−j, 0.5) and of −Σ_j A_ij ln A_ij (docs/method.md §5.1)."""
     B, T, H, D = q.shape; Hkv = k.shape[2]; g = H // Hkv
     dist = np.maximum(np.arange(T)[:, None] - np.arange(T)[None, :], 0.5)
     md, ent = np.zeros((B, H)), np.zeros((B, H))

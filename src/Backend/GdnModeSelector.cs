@@ -1,4 +1,4 @@
-// Chooses between the two forms of the gated delta rule (kernels.md §3.1 token recurrence, §3.2 chunked) by
+// Chooses between the two forms of the gated delta rule (docs/kernels.md §3.1 token recurrence, §3.2 chunked) by
 // timing both on the device at hand: which is faster depends on the device (a GPU wants the chunked form's
 // matrix products; a CPU core may prefer the recurrence's L1-resident state) and on T, K, V.
 using System.Diagnostics;

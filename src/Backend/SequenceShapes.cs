@@ -5,7 +5,7 @@ namespace TaylorCalibrate.Backend;
 /// <summary>Validates and reads the shapes of attention and gated-delta-rule arguments.</summary>
 public static class SequenceShapes
 {
-    /// <summary>Largest head size K or V the gated-delta-rule kernels accept (kernels.md §3.4).</summary>
+    /// <summary>Largest head size K or V the gated-delta-rule kernels accept (docs/kernels.md §3.4).</summary>
     public const int GdnMaxHeadDim = 256;
 
     /// <summary>(B, T, H, Hkv, D) of q [B,T,H,D], k, v [B,T,Hkv,D]; D ≤ <paramref name="maxHeadDim"/>.</summary>

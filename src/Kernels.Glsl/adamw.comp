@@ -1,4 +1,4 @@
-// adamw.comp: one decoupled AdamW step (kernels.md §4, PyTorch semantics), elementwise:
+// adamw.comp: one decoupled AdamW step (docs/kernels.md §4, PyTorch semantics), elementwise:
 //   θ ← θ(1 − lr·wd); m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; θ ← θ − lr·(m/bc1)/(√(v/bc2) + ε),
 // bc1 = 1 − β₁ᵗ and bc2 = 1 − β₂ᵗ computed on the host in double. All tensors (n); the host splits
 // tensors above one binding into chunks.

@@ -1,11 +1,11 @@
-// attention.comp: causal GQA softmax attention, flash-style forward (kernels.md §2, statistics mode
-// method.md §5.1/§11d). One invocation per query row i of head (b, h): the row's q, its running max m,
+// attention.comp: causal GQA softmax attention, flash-style forward (docs/kernels.md §2, statistics mode
+// docs/method.md §5.1/§11d). One invocation per query row i of head (b, h): the row's q, its running max m,
 // Σe^{s−m} and the un-normalised output live in registers; keys are visited in blocks of BC up to the
 // diagonal (blocks past it are never touched) with one rescale per block. Writes o, lse_i = m + ln l
 // (natural log) and, with flags bit 0, the per-row mean distance Σp·max(i−j, 0.5) and entropy lse − Σp·s
 // to rowStats (B, H, T, 2), which attention_stats.comp reduces per head in a fixed order.
 // Why no shared-memory K/V tiles: on lavapipe (the CI device) shared memory and barriers are slow and loads
-// are scalarised anyway (kernels.md §6); rows of one workgroup read the same keys, which stay in cache.
+// are scalarised anyway (docs/kernels.md §6); rows of one workgroup read the same keys, which stay in cache.
 #version 450
 #extension GL_EXT_control_flow_attributes : require
 layout(constant_id = 0) const uint D = 64;    // head size (private arrays are sized by it)
@@ -41,7 +41,7 @@ void main() {
             uint ko = kvIndex(b, j0 + c, hk);
             float dot = 0.0;
             for (uint d0 = 0; d0 < D; d0 += DCHUNK) [[unroll]] for (uint dc = 0; dc < DCHUNK; dc++) { uint d = d0 + dc; if (d < D) { dot += qr[d] * k[ko + d]; } }
-            s[c] = args.scale * dot;              // scale after the dot (kernels.md §3.4)
+            s[c] = args.scale * dot;              // scale after the dot (docs/kernels.md §3.4)
             mx = max(mx, s[c]);
         }
         float alpha = exp(m - mx);                // ≤ 1; m starts finite, so never NaN

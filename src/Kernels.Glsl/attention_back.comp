@@ -1,4 +1,4 @@
-// attention_back.comp: causal GQA softmax attention, backward (kernels.md §2), in three passes selected
+// attention_back.comp: causal GQA softmax attention, backward (docs/kernels.md §2), in three passes selected
 // by the specialization constant PASS, none with float atomics:
 //   PASS 0  δ_i = Σ_d dO_id·O_id                                   one invocation per (b, h, i)
 //   PASS 1  dK_j = scale·Σ_{h∈group} Σ_{i≥j} dS_ij q_i,            one invocation per key row (b, hk, j):

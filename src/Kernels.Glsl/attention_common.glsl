@@ -1,5 +1,5 @@
 // attention_common.glsl: indexing and constants shared by the causal GQA softmax attention kernels
-// (attention.comp forward, attention_back.comp backward). Maths: kernels.md §2.
+// (attention.comp forward, attention_back.comp backward). Maths: docs/kernels.md §2.
 // Layouts: q, o, dO, dq (B, T, H, D); k, v, dk, dv (B, T, Hkv, D); lse, δ (B, H, T). Query head h reads
 // kv head h / (H/Hkv). All indices fit 32 bits: every tensor is bound whole and a binding is ≤ 4 GiB.
 #ifndef ATTENTION_COMMON_GLSL

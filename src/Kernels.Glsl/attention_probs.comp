@@ -1,5 +1,5 @@
 // attention_probs.comp: the causal attention probabilities P_ij = e^{scale·q_i·k_j − lse_i} for j ≤ i,
-// 0 above the diagonal (a diagnostic for small T; kernels.md §2). One invocation per element of
+// 0 above the diagonal (a diagnostic for small T; docs/kernels.md §2). One invocation per element of
 // probs (B, H, T, T); lse comes from attention.comp.
 #version 450
 #extension GL_EXT_control_flow_attributes : require

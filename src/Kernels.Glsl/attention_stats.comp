@@ -1,5 +1,5 @@
 // attention_stats.comp: per-head means of the per-row attention statistics written by attention.comp
-// (method.md §5.1: mean distance, mean entropy). One workgroup per (b, h): each invocation sums a fixed
+// (docs/method.md §5.1: mean distance, mean entropy). One workgroup per (b, h): each invocation sums a fixed
 // strided subset of rows, then a shared-memory tree adds the partial sums, so the result is deterministic
 // and independent of the subgroup size.
 #version 450

@@ -52,7 +52,7 @@ void main() {
             for (uint c = 0; c < n; c++) {
                 float dot = 0.0;
                 for (uint d0 = 0; d0 < D; d0 += DCHUNK) [[unroll]] for (uint dc = 0; dc < DCHUNK; dc++) { uint d = d0 + dc; if (d < D) { dot += qr[d] * sK[c * D + d]; } }
-                s[c] = args.scale * dot;          // scale after the dot (kernels.md §3.4)
+                s[c] = args.scale * dot;          // scale after the dot (docs/kernels.md §3.4)
                 mx = max(mx, s[c]);
             }
             float alpha = exp(m - mx);            // ≤ 1; m starts finite, so never NaN

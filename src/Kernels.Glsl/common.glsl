@@ -1,6 +1,6 @@
 // common.glsl: helpers shared by the kernels of this folder: the linear workgroup index of a wrapped 2-D
 // grid (the host splits more than 65535 groups into rows, VulkanBackend.Grid) and numerically careful
-// scalar functions used by several families (kernels.md §4).
+// scalar functions used by several families (docs/kernels.md §4).
 #ifndef COMMON_GLSL
 #define COMMON_GLSL
 

@@ -1,4 +1,4 @@
-// elementwise.comp: pointwise ops of kernels.md §4 (arithmetic, activations and their derivatives, SwiGLU,
+// elementwise.comp: pointwise ops of docs/kernels.md §4 (arithmetic, activations and their derivatives, SwiGLU,
 // the gradient-clip scaling). The op is a specialization constant, so each pipeline compiles one branch.
 // All tensors have n elements here; the host splits tensors above maxStorageBufferRange into bound chunks.
 // Outputs may alias inputs (y = x): each element is read before it is written by the same invocation.
@@ -26,7 +26,7 @@ const uint SWIGLU = 30, SWIGLU_BACK = 31, CLIP_SCALE = 40;
 
 void main() {
     uint stride = gl_NumWorkGroups.x * WG;
-    // Clip factor c/(N + 1e-6) when N = x1[0] exceeds c = s, else 1 (kernels.md §4, gradient clipping).
+    // Clip factor c/(N + 1e-6) when N = x1[0] exceeds c = s, else 1 (docs/kernels.md §4, gradient clipping).
     float clip = 1.0;
     if (OP == CLIP_SCALE) { float norm = x1[0]; clip = norm > args.s ? args.s / (norm + 1e-6) : 1.0; }
     for (uint i = gl_GlobalInvocationID.x; i < args.n; i += stride) {

@@ -1,4 +1,4 @@
-// embedding.comp: y[n,:] = table[ids[n],:] (kernels.md §4, Embedding); ids outside [0, V) give a 0 row.
+// embedding.comp: y[n,:] = table[ids[n],:] (docs/kernels.md §4, Embedding); ids outside [0, V) give a 0 row.
 // table: (V, D); ids: I32 (N); y: (N, D). One invocation per output element.
 #version 450
 layout(constant_id = 0) const uint WG = 256;

@@ -1,5 +1,5 @@
 // embedding_back.comp: dtable[id,:] += Σ_{n: ids[n] = id} dy[n,:], deterministic without float atomics
-// (kernels.md §4). The host groups positions by id (CSR, stable in n): segment s has id segId[s] and the
+// (docs/kernels.md §4). The host groups positions by id (CSR, stable in n): segment s has id segId[s] and the
 // positions perm[start[s] .. start[s+1]). One invocation per (segment, column) adds them in order of n,
 // exactly like a sequential loop over n would. dy: (N, D); dtable: (V, D).
 #version 450

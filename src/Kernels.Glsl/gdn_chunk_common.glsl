@@ -1,5 +1,5 @@
 // gdn_chunk_common.glsl: specialisation constants, push constants and indexing shared by the chunked (WY)
-// gated-delta-rule kernels gdn_chunk_*.comp. Maths: kernels.md §3.2 (forward), §3.3 (backward), §3.4.
+// gated-delta-rule kernels gdn_chunk_*.comp. Maths: docs/kernels.md §3.2 (forward), §3.3 (backward), §3.4.
 // Layouts: q, k (B, T, H, DK); v, o, dO (B, T, H, DV); g, β, γ (B, T, H); states (B, H, DK, DV).
 // Scratch "cw" (forward work, floats at the offsets below): γ (B, T, H) local cumsum of g per chunk;
 // A (B, H, NT, BT, BT) = (I + L)⁻¹; w (B, T, H, DK); u, then v_new in place (B, T, H, DV).

@@ -1,4 +1,4 @@
-// gdn_chunk_dqk.comp: chunked gated delta rule, backward step 3 (kernels.md §3.3) for one chunk c of one
+// gdn_chunk_dqk.comp: chunked gated delta rule, backward step 3 (docs/kernels.md §3.3) for one chunk c of one
 // (b, h) per workgroup, one invocation per row r < n (it owns every reduction of its row, in a fixed order):
 //   dS_rj = scale·(dO_r·v_new_j) e^{γ_r−γ_j} (j ≤ r, shared tile);
 //   dq_r = scale·e^{γ_r} (h_c·dO_r) + Σ_{j≤r} dS_rj k_j;

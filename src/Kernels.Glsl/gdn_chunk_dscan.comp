@@ -1,4 +1,4 @@
-// gdn_chunk_dscan.comp: chunked gated delta rule, backward step 2 (kernels.md §3.3): the reverse state scan,
+// gdn_chunk_dscan.comp: chunked gated delta rule, backward step 2 (docs/kernels.md §3.3): the reverse state scan,
 // one invocation per value column j of dh (DK floats in registers), workgroups over (b, h, column block).
 // dh = dht or 0; for c = NT−1..0: store dh_c[:, j] = dh[:, j] (gradient w.r.t. the state at the end of chunk c);
 // dv2_rj = dv_loc_rj + e^{γ_last−γ_r}(k_r·dh[:, j]) (in place in bw);

@@ -1,4 +1,4 @@
-// gdn_chunk_dvloc.comp: chunked gated delta rule, backward step 1 (kernels.md §3.3) for one chunk c of one
+// gdn_chunk_dvloc.comp: chunked gated delta rule, backward step 1 (docs/kernels.md §3.3) for one chunk c of one
 // (b, h) per workgroup: dv_loc_r = Σ_{r≤i<n} scale·e^{γ_i−γ_r}(q_i·k_r)·dO_i, written to the dv2 region of
 // bw (gdn_chunk_dscan.comp then adds the inter-chunk term). The tile P_ir (BT, BT) is masked before exp.
 #version 450

@@ -1,4 +1,4 @@
-// gdn_chunk_dwy.comp: chunked gated delta rule, backward steps 4–5 (kernels.md §3.3) for one chunk c of one
+// gdn_chunk_dwy.comp: chunked gated delta rule, backward steps 4–5 (docs/kernels.md §3.3) for one chunk c of one
 // (b, h) per workgroup. With Kb = K ⊙ βe^γ, Vb = V ⊙ β, du = dv2 and dw from gdn_chunk_dqk.comp:
 //   direct terms (row owner r): dk_r += β_r e^{γ_r}(Aᵀdw)_r; dv_r = β_r (Aᵀdu)_r;
 //     dβ_r = e^{γ_r} k_r·(Aᵀdw)_r + v_r·(Aᵀdu)_r; dγ_r += β_r e^{γ_r} k_r·(Aᵀdw)_r;

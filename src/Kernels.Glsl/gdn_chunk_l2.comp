@@ -1,4 +1,4 @@
-// gdn_chunk_l2.comp: in-kernel L2 norm of q and k for the chunked gated delta rule (kernels.md §3.4):
+// gdn_chunk_l2.comp: in-kernel L2 norm of q and k for the chunked gated delta rule (docs/kernels.md §3.4):
 // ŷ = x·rstd, rstd = (Σx² + 1e-6)^−½, written to scratch copies q̂, k̂. One invocation per row (b, t, h):
 // rows [0, B·T·H) are q, rows [B·T·H, 2·B·T·H) are k. The backward is gdn_l2_back.comp.
 #version 450

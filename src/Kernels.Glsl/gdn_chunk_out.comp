@@ -1,4 +1,4 @@
-// gdn_chunk_out.comp: chunked gated delta rule, forward step 6 (kernels.md §3.2) for one chunk c of one
+// gdn_chunk_out.comp: chunked gated delta rule, forward step 6 (docs/kernels.md §3.2) for one chunk c of one
 // (b, h) per workgroup: o_r = scale·[e^{γ_r} q_r·h_c + Σ_{j≤r} (q_r·k_j) e^{γ_r−γ_j} v_new_j]. The masked
 // decayed Q Kᵀ tile P (BT, BT) lives in shared memory; padded rows and columns are 0 (masked before exp).
 #version 450

@@ -1,4 +1,4 @@
-// gdn_chunk_scan.comp: chunked gated delta rule, forward step 5 (kernels.md §3.2): the inter-chunk scan,
+// gdn_chunk_scan.comp: chunked gated delta rule, forward step 5 (docs/kernels.md §3.2): the inter-chunk scan,
 // sequential over chunks, one invocation per value column j of the state (DK floats in registers),
 // workgroups over (b, h, block of WG columns: the host narrows blocks on GPUs for more workgroups). Per chunk c: store h_c[:, j]; v_new_rj = u_rj − w_r·h_c[:, j] (in
 // place of u in cw); h[:, j] ← e^{γ_last} h[:, j] + Σ_r k_r·(v_new_rj e^{γ_last−γ_r}). With GC_FINAL the last

@@ -1,4 +1,4 @@
-// gdn_chunk_wy.comp: chunked gated delta rule, forward steps 1–4 (kernels.md §3.2) for one chunk c of one
+// gdn_chunk_wy.comp: chunked gated delta rule, forward steps 1–4 (docs/kernels.md §3.2) for one chunk c of one
 // (b, h) per workgroup: γ_r = Σ_{i≤r} g_i (local cumsum, fp32); L_rj = β_r (k_r·k_j) e^{γ_r−γ_j} for j < r < n;
 // A = (I + L)⁻¹ by forward substitution, one invocation per column of A, in one of two forms chosen by the
 // specialization constant ROW_SWEEP per device class (the host's KernelTuning): a sweep over the rows of

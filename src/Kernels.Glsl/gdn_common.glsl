@@ -1,6 +1,6 @@
 // gdn_common.glsl: indexing, gates and constants shared by the gated-delta-rule kernels (gdn_recurrent.comp,
 // gdn_recurrent_back.comp). The column-wise token step itself is written in each of the two kernels: the
-// backward one interleaves it with its gradient bookkeeping. Maths: kernels.md §3.1 and §3.4.
+// backward one interleaves it with its gradient bookkeeping. Maths: docs/kernels.md §3.1 and §3.4.
 // Layouts: q, k (B, T, H, DK); v, o (B, T, H, DV); g, β (B, T, H); states h0, ht, dht, dh0 (B, H, DK, DV).
 // The state update S ← e^g S; u = β(v − Sᵀk); S ← S + k uᵀ acts on each value column of S on its own, so
 // one invocation owns one column S[:, j] (DK floats in registers) and needs no other invocation's data.

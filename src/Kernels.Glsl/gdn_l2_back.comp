@@ -1,4 +1,4 @@
-// gdn_l2_back.comp: backward of the in-kernel L2 norm of q and k (kernels.md §3.4):
+// gdn_l2_back.comp: backward of the in-kernel L2 norm of q and k (docs/kernels.md §3.4):
 // y = x·rstd, rstd = (Σx² + 1e-6)^−½, dx = rstd·(dy − (dy·y)·y). One invocation per row (b, t, h) of q and
 // of k: rows [0, B·T·H) are q, rows [B·T·H, 2·B·T·H) are k. dy (w.r.t. the normalised vectors) comes from
 // the gradient buffer of gdn_recurrent_back.comp.

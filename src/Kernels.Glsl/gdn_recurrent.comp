@@ -1,4 +1,4 @@
-// gdn_recurrent.comp: token-recurrent gated delta rule, forward (kernels.md §3.1). Per (b, h) and value
+// gdn_recurrent.comp: token-recurrent gated delta rule, forward (docs/kernels.md §3.1). Per (b, h) and value
 // column j: S[:, j] ← e^{g_t}·S[:, j]; u = β_t(v_tj − S[:, j]·k_t); S[:, j] += k_t·u; o_tj = scale·S[:, j]·q_t.
 // One invocation per column (fp32 registers), workgroups over (b, h, column block); with GDN_L2 the
 // invocation normalises q_t, k_t itself (every column needs the same K-vectors, which stay in cache).

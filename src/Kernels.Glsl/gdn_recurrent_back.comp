@@ -1,4 +1,4 @@
-// gdn_recurrent_back.comp: token-recurrent gated delta rule, backward through time (kernels.md §3.1).
+// gdn_recurrent_back.comp: token-recurrent gated delta rule, backward through time (docs/kernels.md §3.1).
 // One workgroup per (b, h); invocation j < DV owns value column j of the state S and of its gradient dS
 // (fp32 registers): the BPTT recurrences act on each column separately. States are recomputed, not stored
 // per token: a forward sweep saves S at the start of every segment of `seg` tokens (work: checkpoints);

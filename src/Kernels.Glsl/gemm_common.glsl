@@ -1,4 +1,4 @@
-// gemm_common.glsl: arguments and bounds-checked operand access of the GEMM kernels (kernels.md §1):
+// gemm_common.glsl: arguments and bounds-checked operand access of the GEMM kernels (docs/kernels.md §1):
 // C = α·op(A)·op(B) + β·C, batched over gl_WorkGroupID.z. op(A) is [M,K], op(B) is [K,N], C is [M,N],
 // row-major with leading dimensions; TRANS_A / TRANS_B (specialization constants of the includer) say that
 // A is stored [K,M] / B is stored [N,K]. Every load checks its indices (never rely on robust buffer access);

@@ -1,4 +1,4 @@
-// gemm_reg.comp: fp32 GEMM for CPU-type Vulkan devices (lavapipe/llvmpipe), kernels.md §1 and §6: register
+// gemm_reg.comp: fp32 GEMM for CPU-type Vulkan devices (lavapipe/llvmpipe), docs/kernels.md §1 and §6: register
 // blocking + vec4 loads + subgroupBroadcast, no shared memory (lavapipe scalarises shared-memory loads and
 // barriers are costly there). A workgroup is ONE subgroup of SG lanes and computes a BM × (SG·TN) tile of C:
 // lane l owns columns n0 + l·TN .. +TN of all BM rows (BM·TN accumulators). Per step of 4 along k, lane l

@@ -1,4 +1,4 @@
-// gemm_splitk.comp: the reduction of split-K GEMM (kernels.md §1): the K range was cut into S slices, each
+// gemm_splitk.comp: the reduction of split-K GEMM (docs/kernels.md §1): the K range was cut into S slices, each
 // slice's GEMM wrote its product into P[s] (α = 1, β = 0); here C = α·Σ_s P[s] + β·C, summed in slice order
 // (deterministic). P: (S, batch, M, N) with slices `slice` elements apart; C as in gemm_common.glsl.
 #version 450

@@ -1,4 +1,4 @@
-// gemm_tiled.comp: fp32 GEMM for GPUs, kernels.md §1: classic shared-memory tiling. A workgroup of TX × TY
+// gemm_tiled.comp: fp32 GEMM for GPUs, docs/kernels.md §1: classic shared-memory tiling. A workgroup of TX × TY
 // threads computes a BM × BN tile of C (BM = TY·TM, BN = TX·TN); per step of BK along k it stages the
 // BM × BK tile of op(A) and the BK × BN tile of op(B) in shared memory as fp32 (no fp16 staging), zero-filled
 // outside the matrices, and each thread accumulates TM × TN outputs in registers. No subgroup operations,

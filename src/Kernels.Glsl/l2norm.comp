@@ -1,4 +1,4 @@
-// l2norm.comp: y[r,:] = x[r,:]·rstd[r], rstd[r] = (Σ x[r,:]² + eps)^−½ (kernels.md §4, L2 norm).
+// l2norm.comp: y[r,:] = x[r,:]·rstd[r], rstd[r] = (Σ x[r,:]² + eps)^−½ (docs/kernels.md §4, L2 norm).
 // x, y: (rows, cols); rstd: (rows). One workgroup per row, fixed-order tree sum. y may alias x.
 #version 450
 layout(constant_id = 0) const uint WG = 128;

@@ -1,4 +1,4 @@
-// l2norm_back.comp: dx = rstd·(dy − (dy·y)·y) per row (kernels.md §4, L2 norm), y the normalised output.
+// l2norm_back.comp: dx = rstd·(dy − (dy·y)·y) per row (docs/kernels.md §4, L2 norm), y the normalised output.
 // dy, y, dx: (rows, cols); rstd: (rows). dx may alias dy.
 #version 450
 layout(constant_id = 0) const uint WG = 128;

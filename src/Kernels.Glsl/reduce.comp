@@ -1,4 +1,4 @@
-// reduce.comp: deterministic reductions (kernels.md §4, Reductions) in three modes:
+// reduce.comp: deterministic reductions (docs/kernels.md §4, Reductions) in three modes:
 //   MODE 0: partial[outBase + g] = OP over x[g·chunk .. min(n, (g+1)·chunk)), one workgroup per chunk;
 //   MODE 1: out[0] = post(scale · combine over partial[0 .. n)), one workgroup (post = √ when post ≠ 0);
 //   MODE 2: dw[c] += Σ_b partial[b·cols + c] in order of b (column sums of block partials, RMSNorm dw).

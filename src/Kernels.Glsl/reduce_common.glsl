@@ -1,5 +1,5 @@
 // reduce_common.glsl: deterministic workgroup reductions in a fixed binary-tree order over shared memory
-// (kernels.md §4, Reductions). No subgroup arithmetic: its order is implementation-defined, and a shared
+// (docs/kernels.md §4, Reductions). No subgroup arithmetic: its order is implementation-defined, and a shared
 // tree gives the same bits on every device for the same workgroup size. The includer declares
 //   layout(constant_id = 0) const uint WG = 128;   // power of two, asserted by the host
 // before including this file; the helpers must be called in uniform control flow.

@@ -1,4 +1,4 @@
-// rmsnorm.comp: y[r,:] = w ⊙ x[r,:]·rstd[r], rstd[r] = (mean(x[r,:]²) + eps)^−½ (kernels.md §4, RMSNorm).
+// rmsnorm.comp: y[r,:] = w ⊙ x[r,:]·rstd[r], rstd[r] = (mean(x[r,:]²) + eps)^−½ (docs/kernels.md §4, RMSNorm).
 // x, y: (rows, cols); w: (cols); rstd: (rows), saved for the backward. One workgroup per row; the sum of
 // squares is a fixed-order tree (deterministic). y may alias x: every x is read before the first write.
 #version 450

@@ -1,4 +1,4 @@
-// rmsnorm_back.comp: RMSNorm backward (kernels.md §4). With g = w ⊙ dy and r = rstd[row]:
+// rmsnorm_back.comp: RMSNorm backward (docs/kernels.md §4). With g = w ⊙ dy and r = rstd[row]:
 //   MODE 0 (one workgroup per row): dx = r·g − x·r³·mean(g ⊙ x)   (dx overwritten; may alias dy)
 //   MODE 1 (column c, row block b): partial[b, c] = Σ_{rows of block b, in order} dy·x·r
 // The host then adds Σ_b partial[b, c] into dw[c] in block order (reduce.comp MODE 2): a deterministic

@@ -1,4 +1,4 @@
-// rope.comp: rotary embedding (kernels.md §4, RoPE). x, y: (rows = B·T·H, D) with position t = (row / H) % T;
+// rope.comp: rotary embedding (docs/kernels.md §4, RoPE). x, y: (rows = B·T·H, D) with position t = (row / H) % T;
 // cos, sin: (T, D/2) hold the angle of pair i at position t. Pair i is (i, i + D/2) for Hugging Face
 // rotate-half weights, (2i, 2i+1) for llama2.c weights. sign = −1 rotates by −angle (the backward).
 // One invocation per pair; y may alias x (each pair is read, then written, by one invocation).

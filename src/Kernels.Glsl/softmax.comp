@@ -1,4 +1,4 @@
-// softmax.comp: y[r,:] = e^{x − m} / Σ e^{x − m}, m = max x[r,:] (row softmax, kernels.md §4).
+// softmax.comp: y[r,:] = e^{x − m} / Σ e^{x − m}, m = max x[r,:] (row softmax, docs/kernels.md §4).
 // x, y: (rows, cols). One workgroup per row; max and sum are fixed-order trees. y may alias x.
 #version 450
 layout(constant_id = 0) const uint WG = 128;

@@ -1,4 +1,4 @@
-// softmax_back.comp: dx = y ⊙ (dy − Σ dy ⊙ y) per row (kernels.md §4). y, dy, dx: (rows, cols); dx may alias dy.
+// softmax_back.comp: dx = y ⊙ (dy − Σ dy ⊙ y) per row (docs/kernels.md §4). y, dy, dx: (rows, cols); dx may alias dy.
 #version 450
 layout(constant_id = 0) const uint WG = 128;
 layout(local_size_x_id = 0) in;

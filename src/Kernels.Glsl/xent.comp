@@ -1,5 +1,5 @@
 // xent.comp: losses over a vocabulary, one workgroup per row, streamed with an online log-sum-exp
-// (kernels.md §4): no [N, V] temporary, so the gradient may overwrite the logits in place.
+// (docs/kernels.md §4): no [N, V] temporary, so the gradient may overwrite the logits in place.
 //   MODE 0, cross-entropy: loss = lse(z) − z[target]; dz = gradScale·(softmax(z) − onehot(target));
 //           target < 0 or ≥ V: loss 0 and a zero gradient row.
 //   MODE 1, KL(p_T‖p_S) = Σ p_T (ln p_T − ln p_S); dz_S = gradScale·(p_S − p_T).

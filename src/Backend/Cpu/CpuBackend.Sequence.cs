@@ -1,4 +1,4 @@
-// Sequence mixers of the CPU backend: causal GQA softmax attention (kernels.md §2) and the gated
+// Sequence mixers of the CPU backend: causal GQA softmax attention (docs/kernels.md §2) and the gated
 // delta rule (§3). This file validates arguments and splits the work; the kernels live in Cpu/Attention
 // (flash attention) and Cpu/Gdn (token-recurrent and chunked gated delta rule). Work is parallel over
 // independent (batch, head[, block]) items, each writing disjoint output slices, so results are

@@ -1,4 +1,4 @@
-// Batched command recording (kernels.md §5): ops are recorded into a command buffer and submitted in capped
+// Batched command recording (docs/kernels.md §5): ops are recorded into a command buffer and submitted in capped
 // batches (a small first batch so the device starts early, then about BatchCap dispatches), up to MaxInFlight
 // batches queued at once. A global memory barrier is inserted only on a hazard: a dispatch (or copy/fill)
 // that reads a byte range written since the last barrier (RAW), writes one written (WAW) or read (WAR)

@@ -1,4 +1,4 @@
-// Compute pipelines of the Vulkan backend (kernels.md §5): every kernel shares ONE descriptor-set layout of
+// Compute pipelines of the Vulkan backend (docs/kernels.md §5): every kernel shares ONE descriptor-set layout of
 // MaxBindings storage buffers and one pipeline layout with a 128-byte push-constant range, so descriptor
 // sets are interchangeable and binding code is generic. Pipelines are created lazily from the SPIR-V that
 // Kernels.Glsl.targets embeds as `spv.<name>.spv`, keyed by (shader, specialization constants), and go

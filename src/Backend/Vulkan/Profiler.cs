@@ -1,4 +1,4 @@
-// Device-side timing for `taylor-calibrate bench` (kernels.md §5, Profiling): timestamp queries converted to
+// Device-side timing for `taylor-calibrate bench` (docs/kernels.md §5, Profiling): timestamp queries converted to
 // seconds with timestampPeriod (ns per tick), masked to timestampValidBits. Two modes: the span of
 // everything an action queues, and per-dispatch intervals. Per-dispatch intervals overlap when the driver
 // runs independent dispatches concurrently (no barrier between them); sum them only for serial work.

@@ -1,5 +1,5 @@
 // Causal GQA softmax attention on the Vulkan backend (contract: IBackend.AttentionForward/Backward; maths:
-// kernels.md §2; CPU twin: Cpu/Attention). Kernels: attention.comp (flash forward, one invocation per query
+// docs/kernels.md §2; CPU twin: Cpu/Attention). Kernels: attention.comp (flash forward, one invocation per query
 // row, optional per-row statistics), attention_stats.comp (fixed-order per-head means), attention_probs.comp
 // (diagnostic probabilities), attention_back.comp (δ, dK/dV, dQ passes, no float atomics).
 // GPU variants (KernelClass.Gpu, see KernelClass.cs): attention_tiled.comp and attention_back_tiled.comp

@@ -1,4 +1,4 @@
-// Elementwise ops (kernels.md §4) on the Vulkan backend: elementwise.comp, one pipeline per op (the op is a
+// Elementwise ops (docs/kernels.md §4) on the Vulkan backend: elementwise.comp, one pipeline per op (the op is a
 // specialization constant). Tensors of any size: the work is split into chunks that each fit one binding,
 // and since every operand has the same element count, chunk c binds the same element range of each.
 using System.Runtime.InteropServices;

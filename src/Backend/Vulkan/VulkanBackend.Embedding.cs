@@ -1,4 +1,4 @@
-// Embedding gather and its deterministic scatter-add on the Vulkan backend (kernels.md §4; embedding.comp,
+// Embedding gather and its deterministic scatter-add on the Vulkan backend (docs/kernels.md §4; embedding.comp,
 // embedding_back.comp). The backward downloads the N ids (a synchronisation point, cheap: N is B·T),
 // groups positions by id on the host (CSR, stable in n), and a kernel sums each id's rows in order of n,
 // so the result is bitwise reproducible and equals a sequential loop over n. No float atomics.

@@ -1,7 +1,7 @@
-// Gated delta rule on the Vulkan backend (contract: IBackend.GdnForward/GdnBackward; maths: kernels.md §3;
+// Gated delta rule on the Vulkan backend (contract: IBackend.GdnForward/GdnBackward; maths: docs/kernels.md §3;
 // CPU twin: Cpu/Gdn). Token-recurrent form: gdn_recurrent.comp (forward, one invocation per value column),
 // gdn_recurrent_back.comp (BPTT with segment checkpoints and fixed-order column reductions), gdn_l2_back.comp
-// (the in-kernel L2 norm's backward). The chunked WY form (kernels.md §3.2–3.3) is VulkanBackend.GdnChunked.cs.
+// (the in-kernel L2 norm's backward). The chunked WY form (docs/kernels.md §3.2–3.3) is VulkanBackend.GdnChunked.cs.
 using System.Runtime.InteropServices;
 
 namespace TaylorCalibrate.Backend.Vulkan;

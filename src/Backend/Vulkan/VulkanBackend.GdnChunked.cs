@@ -1,5 +1,5 @@
 // Chunked (WY) gated delta rule on the Vulkan backend: host side of GdnMode.Chunked (contract:
-// IBackend.GdnForward/GdnBackward; maths: kernels.md §3.2 forward, §3.3 backward, §3.4 numerical rules; CPU
+// IBackend.GdnForward/GdnBackward; maths: docs/kernels.md §3.2 forward, §3.3 backward, §3.4 numerical rules; CPU
 // twin: Cpu/Gdn/GdnChunked.cs, GdnChunkedBackward.cs). Kernels (src/Kernels.Glsl/gdn_chunk_*.comp):
 //   gdn_chunk_l2    q̂, k̂ = L2-normalised q, k into scratch (only with GdnSpec.L2NormQK)
 //   gdn_chunk_wy    per (b, h, chunk): γ, A = (I + L)⁻¹, w, u                         (§3.2 steps 1–4)

@@ -1,4 +1,4 @@
-// GEMM on the Vulkan backend (kernels.md §1): C = α·op(A)·op(B) + β·C, batched with strides and offsets.
+// GEMM on the Vulkan backend (docs/kernels.md §1): C = α·op(A)·op(B) + β·C, batched with strides and offsets.
 // Two kernels, chosen per device (override: env TC_VULKAN_GEMM=reg|tiled):
 // - gemm_reg.comp: register blocking + vec4 + subgroupBroadcast, for CPU-type devices with a fixed subgroup
 //   size (lavapipe: 5.5–7.7 GFLOP/s measured at 1024³ vs ≤ 1.1 for shared-memory tiles);
@@ -6,7 +6,7 @@
 // Each operand is bound from its first touched element (rounded down to 16 bytes, so vec4 loads stay
 // aligned) to its extent; a batch whose ranges exceed one binding is processed in batch chunks, and a
 // single product whose operands exceed it is cut along M, N or K (GemmSplitMnk).
-// Split-K (kernels.md §1, after llama.cpp): when K ≥ 2048 and the output tiles fill at most half the
+// Split-K (docs/kernels.md §1, after llama.cpp): when K ≥ 2048 and the output tiles fill at most half the
 // cores, the K range is cut into ≤ 8 slices (multiples of 256) whose products go to a scratch buffer, and
 // gemm_splitk.comp sums them in slice order (deterministic) into C = α·ΣP + β·C.
 using System.Runtime.InteropServices;

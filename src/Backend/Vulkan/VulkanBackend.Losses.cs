@@ -1,4 +1,4 @@
-// Softmax and the vocabulary losses on the Vulkan backend (kernels.md §4): softmax*.comp (row kernels) and
+// Softmax and the vocabulary losses on the Vulkan backend (docs/kernels.md §4): softmax*.comp (row kernels) and
 // xent.comp (cross-entropy MODE 0, KL MODE 1), streamed over the vocabulary with an online log-sum-exp, one
 // workgroup per row, so no [N, V] temporary exists and the gradient may overwrite the logits in place.
 using System.Runtime.InteropServices;

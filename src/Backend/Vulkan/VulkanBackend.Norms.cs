@@ -1,4 +1,4 @@
-// Normalisation and position ops on the Vulkan backend (kernels.md §4): RMSNorm (rmsnorm.comp,
+// Normalisation and position ops on the Vulkan backend (docs/kernels.md §4): RMSNorm (rmsnorm.comp,
 // rmsnorm_back.comp + reduce.comp MODE 2 for the deterministic dw column sums), L2 norm (l2norm*.comp) and
 // RoPE (rope.comp). Row kernels run one workgroup per row and bind whole tensors, so each tensor must fit
 // one binding (maxStorageBufferRange); Bind throws an ArgumentException naming the tensor otherwise.

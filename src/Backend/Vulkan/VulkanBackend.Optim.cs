@@ -1,4 +1,4 @@
-// Reductions, AdamW and gradient-norm clipping on the Vulkan backend (kernels.md §4): reduce.comp,
+// Reductions, AdamW and gradient-norm clipping on the Vulkan backend (docs/kernels.md §4): reduce.comp,
 // adamw.comp, elementwise.comp (CLIP_SCALE). Reductions are two-pass and deterministic: fixed chunks per
 // workgroup (depending only on the element count) into partial sums, then one workgroup combines the
 // partials in order. Tensors above one binding are reduced chunk by chunk into the same partial array.

@@ -1,4 +1,4 @@
-// The Vulkan implementation of IBackend (contract: ../IBackend.cs; maths: kernels.md). This file holds the
+// The Vulkan implementation of IBackend (contract: ../IBackend.cs; maths: docs/kernels.md). This file holds the
 // device objects and the memory ops; the op families live in VulkanBackend.<Family>.cs, the generic
 // binding/dispatch helpers in VulkanBackend.Dispatch.cs. Ops are recorded, not run: they execute in order
 // on one queue, and Download/Synchronize wait for them (CommandRecorder.cs).

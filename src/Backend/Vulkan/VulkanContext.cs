@@ -1,6 +1,6 @@
 // VulkanContext: the Vulkan instance, one physical + logical device, its compute queue and the limits the
 // kernels depend on (subgroup size, maxStorageBufferRange, shared memory, offset alignment). Organisation:
-// kernels.md §5; lavapipe facts: kernels.md §6. Every Vulkan result goes through Check, which turns a
+// docs/kernels.md §5; lavapipe facts: docs/kernels.md §6. Every Vulkan result goes through Check, which turns a
 // failure into a VulkanException(op, result, hint).
 using System.Runtime.InteropServices;
 using Silk.NET.Core;

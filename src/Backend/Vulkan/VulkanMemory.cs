@@ -1,6 +1,6 @@
 // Device memory of the Vulkan backend: VkBuffers sub-allocated from large VkDeviceMemory blocks (first fit
 // with coalescing), because drivers cap the number of allocations (maxMemoryAllocationCount, often 4096) and
-// vkAllocateMemory is slow. Two layouts (kernels.md §5):
+// vkAllocateMemory is slow. Two layouts (docs/kernels.md §5):
 // - unified: a device-local, host-visible, coherent type whose heap is the main device heap (lavapipe,
 //   integrated GPUs, resizable BAR): tensors are mapped and the host copies directly when the queue is idle;
 // - split heaps (discrete GPUs): tensors live in device-local memory, transfers go through host-visible

@@ -1,4 +1,4 @@
-/// `taylor-calibrate convert`: teacher → calibrated hybrid student directory (method.md §5), with progress per
+/// `taylor-calibrate convert`: teacher → calibrated hybrid student directory (docs/method.md §5), with progress per
 /// stage and per layer. Inputs are validated before anything is written; every output file is written
 /// atomically; aligned layers are persisted under DIR/align so --resume continues after the last finished one.
 module TaylorCalibrate.Cli.ConvertCommand
@@ -72,7 +72,7 @@ type Prepared =
       CalibDocs: string list
       AllowOverlap: bool }
 
-/// Chunk length of the calibration batch (method.md §5.1).
+/// Chunk length of the calibration batch (docs/method.md §5.1).
 let calibChunk = Calibration.CalibrationOptions.defaults.Length
 
 /// The default calibration budget of a strategy: the paper's 4 × 256 for its five, more for calibrate-plus.
@@ -95,7 +95,7 @@ let split (p: Prepared) (n: int) (devTokens: int) : Calibration.CalibrationSplit
 let prepareWith (keepFrom: string option) teacherPath (keep: string option) (policy: string option) (fraction: float option) calibText
                 (evalText: string option) allowOverlap (expand: string option) (calibTokens: int) (devTokens: int) : Prepared =
     let t = ModelFiles.loadTeacher teacherPath |> orFail
-    // The gdn_v4 layer has no output bias (method.md §3): converting would silently drop the teacher's.
+    // The gdn_v4 layer has no output bias (docs/method.md §3): converting would silently drop the teacher's.
     if t.Config.OutputBias then
         usageError $"--teacher {teacherPath}: its attention has an o_proj bias (attention_bias = true); the gdn_v4 student has none, so it cannot be built from this teacher"
     // A non-finite weight would only surface as a NaN alignment loss deep in Phase 2; name where it is now.

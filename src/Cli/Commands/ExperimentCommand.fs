@@ -1,4 +1,4 @@
-/// `taylor-calibrate experiment ablation`: the paper's zero-shot ablation (method.md §9) on one teacher:
+/// `taylor-calibrate experiment ablation`: the paper's zero-shot ablation (docs/method.md §9) on one teacher:
 /// teacher PPL and the zero-shot PPL of the init strategies (the paper's five and calibrate-plus) on held-out
 /// text (fixed-window protocol of Eval/Perplexity.fs), over --seeds fresh-gate seeds (mean ± sd) and,
 /// optionally, a sweep of calibration budgets; each row also gives the conversion's wall time.

@@ -1,6 +1,6 @@
 /// `taylor-calibrate select-layers --teacher MODEL --policy uniform|ar|ga-s2 (--keep K | --keep-fraction F)
 /// --eval-text FILE [--init I --calib-text FILE] --out FILE.json`: which layers keep softmax attention
-/// (Stages/LayerSelection.fs, method.md §6), with a progress bar, a score table, and the selection file that
+/// (Stages/LayerSelection.fs, docs/method.md §6), with a progress bar, a score table, and the selection file that
 /// `convert --keep-from` reads. Every option is checked before the teacher is evaluated.
 module TaylorCalibrate.Cli.SelectLayersCommand
 

@@ -3,7 +3,7 @@
 /// GDN in both forms (chunked, token-recurrent). GFLOP/s count each form's own useful work:
 /// - attention (causal): forward 2·H·T²·D (QKᵀ and PV over the lower triangle), backward 2.5× that;
 /// - GDN recurrent: per token and head decay K·V, Sᵀk 2KV, rank-1 update 2KV, read-out 2KV = 7KV forward;
-///   backward ≈ 2× forward (kernels.md §3.1: it recomputes the states and runs the transposed products);
+///   backward ≈ 2× forward (docs/kernels.md §3.1: it recomputes the states and runs the transposed products);
 /// - GDN chunked (chunk C): per token and head KKᵀ C·K, (I+L)⁻¹ C²/3, w and u 2C(K+V), the inter-chunk
 ///   products v_new, state update and Q·h 6KV, intra-chunk QKᵀ and ·v_new C(K+V) forward; backward ≈ 2.5×.
 module TaylorCalibrate.Pipeline.Bench.SequenceSuite

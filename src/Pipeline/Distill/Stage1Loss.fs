@@ -1,4 +1,4 @@
-/// The Stage-1 per-layer loss (method.md §7): for teacher and student sublayer outputs t, s (N, D),
+/// The Stage-1 per-layer loss (docs/method.md §7): for teacher and student sublayer outputs t, s (N, D),
 ///   L = (1/N) Σ_n ‖t_n − s_n‖₂ / √D        (the L2 norm per token, not squared),
 ///   ∂L/∂s_n = (s_n − t_n) / (‖s_n − t_n‖₂ · N · √D).
 /// Composed from backend ops (no dedicated kernel): d = s − t; L2Norm gives u = d·r with

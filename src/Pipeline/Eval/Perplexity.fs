@@ -1,4 +1,4 @@
-/// Perplexity with one fixed protocol (method.md §8): the token stream is cut into
+/// Perplexity with one fixed protocol (docs/method.md §8): the token stream is cut into
 /// consecutive non-overlapping windows of W tokens (the final partial window is dropped; nothing is carried
 /// between windows); inside each window tokens 2..W are predicted from their prefix, so each window gives
 /// W−1 targets. PPL = exp(Σ NLL / Σ targets), accumulated in double. With a reference model `vs` (the

@@ -1,4 +1,4 @@
-/// The softmax-attention sublayer of a Llama-style block and its reverse (method.md §2, kernels.md §2;
+/// The softmax-attention sublayer of a Llama-style block and its reverse (docs/method.md §2, docs/kernels.md §2;
 /// docs/training.md, "Layers"):
 ///   q = RoPE(norm_q(W_q x + b_q)),  k = RoPE(norm_k(W_k x + b_k)),  v = W_v x + b_v     (norm: Qwen3 only)
 ///   o = Attn(q, k, v) (causal, GQA),  y = W_o o + b_o.

@@ -1,4 +1,4 @@
-/// The gdn_v4 sequence-mixer sublayer (method.md §3; kernels: kernels.md §3, §4) and its explicit reverse
+/// The gdn_v4 sequence-mixer sublayer (docs/method.md §3; kernels: docs/kernels.md §3, §4) and its explicit reverse
 /// built from the backend's ops (docs/training.md, "Layers"). Per token x ∈ R^D:
 ///   q, k, v = silu(W_q x), silu(W_k x), silu(W_v x)            (L2 norm of q, k inside the GDN kernel)
 ///   β = σ(W_b x);  z = W_a x + dt_bias;  g = −e^{A_log} ⊙ softplus(z)
@@ -67,7 +67,7 @@ type GdnSaved =
       ORstd: Tensor }
 
 module Gdn =
-    /// RMSNorm epsilon of the gated output norm (method.md §3).
+    /// RMSNorm epsilon of the gated output norm (docs/method.md §3).
     let outputNormEps = 1e-5f
 
     /// The layer sizes of a model config.

@@ -1,10 +1,10 @@
 /// The forward and backward passes of a decoder (DeviceDecoder.fs), batched over [B, T] token ids (no
-/// padding; every row causal from position 0). Maths (method.md §2; docs/training.md):
+/// padding; every row causal from position 0). Maths (docs/method.md §2; docs/training.md):
 ///   x₀ = E[ids];  per block: h = x + Mixer(RMSNorm_attn(x));  x' = h + MLP(RMSNorm_mlp(h));
 ///   logits = W_head · RMSNorm_final(x_L).
 /// The mixer is softmax attention (Layers/Attention.fs) or gdn_v4 (Layers/Gdn.fs). Three passes share one
 /// block function, so they compute the same numbers op for op:
-///   - `forward`: inference, optionally recording per-layer traces (method.md §5.1) or removing attention
+///   - `forward`: inference, optionally recording per-layer traces (docs/method.md §5.1) or removing attention
 ///     sublayers (zero-gate checks, layer selection);
 ///   - `trainForward`: records what the backward needs (or only the block inputs, under recompute);
 ///   - `backward`: reverse order, accumulating parameter gradients from dlogits.

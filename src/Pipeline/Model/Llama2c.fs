@@ -1,6 +1,6 @@
 /// Loads llama2.c checkpoints (karpathy/llama2.c run.c, "legacy" export): 7 little-endian int32
 /// (dim, hidden, layers, heads, kv_heads, vocab — negative when a separate classifier follows — seq_len),
-/// then fp32 [out,in] arrays grouped by kind across layers (platform.md). RoPE pairs adjacent coordinates,
+/// then fp32 [out,in] arrays grouped by kind across layers (docs/platform.md). RoPE pairs adjacent coordinates,
 /// θ = 10000, RMSNorm eps 1e-5.
 module TaylorCalibrate.Pipeline.Model.Llama2c
 

@@ -1,4 +1,4 @@
-/// Phase 2 of Taylor-Calibrate (method.md §5.3, §11c): per GDN layer, teacher-forced on its traced input x,
+/// Phase 2 of Taylor-Calibrate (docs/method.md §5.3, §11c): per GDN layer, teacher-forced on its traced input x,
 /// minimise mean((GDN(x) − Y)²) (after o_proj) with full-batch AdamW, fp32. lr 1e-4 for q/k/v_proj, 1e-3
 /// for A_log, dt_bias, a/b/g_proj; o_proj and o_norm frozen; weight decay 0.01; gradient-norm clip 1.0;
 /// 300 steps, on the shared optimizer (Training/AdamW.fs, ParameterGroups.Presets.phase2, Trainer.step).
@@ -16,7 +16,7 @@ open TaylorCalibrate.Pipeline.Student
 open TaylorCalibrate.Pipeline.Stages.TeacherTrace
 open TaylorCalibrate.Pipeline.Training
 
-/// Every constant of Phase 2 (method.md §5.3 defaults; betas/eps are PyTorch's).
+/// Every constant of Phase 2 (docs/method.md §5.3 defaults; betas/eps are PyTorch's).
 type AlignOptions =
     { Steps: int
       /// q/k/v_proj.

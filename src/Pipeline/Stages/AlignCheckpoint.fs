@@ -1,4 +1,4 @@
-/// Per-layer persistence of Phase 2 (method.md §5.3: layers are independent), so `convert --resume`
+/// Per-layer persistence of Phase 2 (docs/method.md §5.3: layers are independent), so `convert --resume`
 /// continues after the last finished layer: DIR/align/layer-{i}.safetensors holds the aligned GDN weights
 /// and its metadata the loss curve; DIR/align/run.json records the settings a resume must match.
 /// Every file is written atomically.

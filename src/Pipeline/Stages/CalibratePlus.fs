@@ -1,12 +1,12 @@
 /// The calibrate-plus initialisation of one GDN layer: a closed-form phase that is checked against held-out
 /// calibration text before it is kept, then alignment on minibatches of a larger calibration set with the
 /// best state chosen on that held-out text.
-///   1. Guarded Phase 1: each Phase 1 component of method.md §5.2 (gates from attention distance/entropy, the
+///   1. Guarded Phase 1: each Phase 1 component of docs/method.md §5.2 (gates from attention distance/entropy, the
 ///      OLS value scale, the small output gate) is kept only if it lowers the layer's dev loss.
 ///   2. o_proj ridge refit: given everything before it, y = W_o·u is linear in W_o, with u the normed, gated
 ///      GDN read-out (B·T, H·hd); W_o solves the ridge normal equations on the fit set (Refit.fs).
 ///   3. Alignment: AdamW (Training/AdamW.fs, Trainer.step, groups from `rules`) on minibatches of T-token chunks of the fit set, loss mean((y − Y)²) after o_proj as
-///      in method.md §5.3, optionally training o_proj and o_norm too; the dev loss is measured every few steps,
+///      in docs/method.md §5.3, optionally training o_proj and o_norm too; the dev loss is measured every few steps,
 ///      the parameters with the lowest dev loss are restored, and training stops after `Patience` evaluations
 ///      without improvement.
 ///   4. A final o_proj refit, kept only if it lowers the dev loss.
@@ -46,7 +46,7 @@ type PlusOptions =
       Patience: int
       LrProjections: float32
       LrGates: float32
-      /// o_proj and o_norm; 0 keeps them frozen as in method.md §5.3.
+      /// o_proj and o_norm; 0 keeps them frozen as in docs/method.md §5.3.
       LrOutput: float32
       WeightDecay: float32
       Beta1: float32
@@ -187,7 +187,7 @@ let private closedForm (o: PlusOptions) (taylor: TaylorInit.TaylorOptions) (be: 
         if fst refit < fst asIs then refit else asIs
     if not o.GuardedPhase1 then fst asIs, start, [], None
     else
-    // Phase 1 as published on a bounded head of the fit set (its batch size, method.md §5.1).
+    // Phase 1 as published on a bounded head of the fit set (its batch size, docs/method.md §5.1).
     let nb = min fit.B 16
     let full, info = TaylorInit.apply taylor be c (headTrace fit.Trace T c.Dim dims.Q nb) nb T naive
     let gates =
@@ -204,7 +204,7 @@ let private closedForm (o: PlusOptions) (taylor: TaylorInit.TaylorOptions) (be: 
     fst asIs, best, kept, (if kept.IsEmpty then None else Some info)
 
 /// The parameter groups of calibrate-plus alignment: q/k/v_proj at LrProjections; A_log, dt_bias, a/b/g_proj
-/// at LrGates; o_proj and o_norm at LrOutput, or frozen as in method.md §5.3 when it is 0.
+/// at LrGates; o_proj and o_norm at LrOutput, or frozen as in docs/method.md §5.3 when it is 0.
 let rules (o: PlusOptions) : GroupRule list =
     let train lr = Train { LearningRate = lr; WeightDecay = o.WeightDecay }
     [ { Group = "projections"

@@ -1,4 +1,4 @@
-/// The calibration batch (method.md §5.1, §11b): B contiguous chunks of T tokens (default 4 × 256) from a
+/// The calibration batch (docs/method.md §5.1, §11b): B contiguous chunks of T tokens (default 4 × 256) from a
 /// calibration text whose documents must not occur in the evaluation text (the reference calibrates on
 /// its test set; the project refuses that unless explicitly allowed). `buildSplit` also holds out whole
 /// documents from the end of the calibration text as a dev part, for best-state selection and early stopping
@@ -16,7 +16,7 @@ type CalibrationOptions =
       AllowOverlap: bool }
 
 module CalibrationOptions =
-    /// 4 × 256 tokens, no overlap (method.md §5.1, §11b).
+    /// 4 × 256 tokens, no overlap (docs/method.md §5.1, §11b).
     let defaults = { Batch = 4; Length = 256; AllowOverlap = false }
 
 /// B × T token ids (row-major) and where they came from.
@@ -45,7 +45,7 @@ let build (opts: CalibrationOptions) (tok: ITokenizer) (source: string) (calibDo
         Error(InvalidOption("calibration batch", $"{opts.Batch} x {opts.Length} tokens is empty; it needs at least 1 row of 2 tokens"))
     elif shared > 0 && not opts.AllowOverlap then
         let evalName = eval |> Option.map fst |> Option.defaultValue "?"
-        Error(InvalidOption("--calib-text", $"{source}: {shared} of its {calibDocs.Length} documents also occur in the evaluation text {evalName}; calibrate on disjoint text (method.md §11b) or pass --allow-overlap"))
+        Error(InvalidOption("--calib-text", $"{source}: {shared} of its {calibDocs.Length} documents also occur in the evaluation text {evalName}; calibrate on disjoint text (docs/method.md §11b) or pass --allow-overlap"))
     else
     let stream = Corpus.tokenStream tok calibDocs
     if stream.Length < need then
@@ -84,7 +84,7 @@ let buildSplit (opts: CalibrationOptions) (devTokens: int) (tok: ITokenizer) (so
         // The fit check above saw only the fit documents: the dev documents must not be evaluation text either.
         let devShared = match eval with Some(_, e) -> overlap (List.ofArray docs[cut ..]) e | None -> 0
         if devShared > 0 && not opts.AllowOverlap then
-            Error(InvalidOption("--calib-text", $"{source}: {devShared} of its dev documents also occur in the evaluation text; calibrate on disjoint text (method.md §11b) or pass --allow-overlap"))
+            Error(InvalidOption("--calib-text", $"{source}: {devShared} of its dev documents also occur in the evaluation text; calibrate on disjoint text (docs/method.md §11b) or pass --allow-overlap"))
         else
             Ok { Fit = { fit with Documents = cut }
                  Dev = Some { fit with Tokens = devStream[.. devNeed - 1]; B = devChunks; Documents = docs.Length - cut

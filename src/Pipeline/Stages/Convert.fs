@@ -1,4 +1,4 @@
-/// The five initialisation strategies (method.md §5) composed from the stages:
+/// The five initialisation strategies (docs/method.md §5) composed from the stages:
 ///   naive = Skeleton; zero-gate = Skeleton with W_g = 0; taylor-init = Skeleton + Phase 1;
 ///   alignment-only = Skeleton + Phase 2; taylor-calibrate = Skeleton + Phase 1 + Phase 2;
 ///   and the project's calibrate-plus = Skeleton + CalibratePlus (guarded Phase 1, o_proj refit, minibatch
@@ -26,7 +26,7 @@ type InitStrategy =
     | CalibratePlus
 
 module InitStrategy =
-    /// The paper's five (method.md §5).
+    /// The paper's five (docs/method.md §5).
     let published = [ InitStrategy.Naive; InitStrategy.ZeroGate; InitStrategy.TaylorInit; InitStrategy.AlignmentOnly; InitStrategy.TaylorCalibrate ]
     let all = published @ [ InitStrategy.CalibratePlus ]
     let name =

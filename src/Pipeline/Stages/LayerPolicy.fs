@@ -1,4 +1,4 @@
-/// Which layers keep softmax attention (method.md §6): an explicit list, or the Uniform policy
+/// Which layers keep softmax attention (docs/method.md §6): an explicit list, or the Uniform policy
 /// ⌊i·L/k⌋, i = 0..k−1, with k = max(1, round(f·L)) [project]. Validation of user lists lives here too.
 module TaylorCalibrate.Pipeline.Stages.LayerPolicy
 

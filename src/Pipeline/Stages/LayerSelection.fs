@@ -1,9 +1,9 @@
-/// Retained-layer selection (method.md §6): which k of the teacher's L layers keep softmax attention.
+/// Retained-layer selection (docs/method.md §6): which k of the teacher's L layers keep softmax attention.
 ///   Uniform: ⌊i·L/k⌋, i = 0..k−1 (LayerPolicy), no measurement.
 ///   AR:      for each layer ℓ, the teacher with ℓ's attention sublayer output taken as 0 (the residual kept)
-///            is evaluated with the chunked-perplexity protocol (method.md §8); ΔPPL_ℓ = PPL_ℓ − PPL_teacher;
+///            is evaluated with the chunked-perplexity protocol (docs/method.md §8); ΔPPL_ℓ = PPL_ℓ − PPL_teacher;
 ///            the k largest ΔPPL are kept.
-///   GA-S2:   for each layer ℓ, the hybrid that keeps only ℓ, initialised with one strategy (method.md §5), is
+///   GA-S2:   for each layer ℓ, the hybrid that keeps only ℓ, initialised with one strategy (docs/method.md §5), is
 ///            evaluated zero-shot; the k lowest perplexities are kept.
 /// Ties go to the lower layer index. The result names the teacher it was made for (Model/TeacherIdentity.fs)
 /// and keeps every score; Stages/LayerSelectionFile.fs writes and reads it.
@@ -47,7 +47,7 @@ module Policy =
         | Policy.GaS2 s -> Convert.InitStrategy.usesPhase1 s || Convert.InitStrategy.aligns s
         | _ -> false
 
-/// How many layers to keep: a count, or a fraction f of L (k = max(1, round(f·L)), method.md §6).
+/// How many layers to keep: a count, or a fraction f of L (k = max(1, round(f·L)), docs/method.md §6).
 type KeepCount =
     | Count of int
     | Fraction of float

@@ -1,4 +1,4 @@
-/// The student skeleton (method.md §4): kept layers copied; every converted layer gets W_q = teacher q_proj,
+/// The student skeleton (docs/method.md §4): kept layers copied; every converted layer gets W_q = teacher q_proj,
 /// W_k/W_v = teacher k/v_proj expanded from n_kv to H heads (head-wise by default, row-wise as the
 /// reference with GqaExpand.Rows, §11a), W_o = teacher o_proj, fresh W_a, W_b, W_g ~ N(0, 0.02²),
 /// A_log = ln A with A ~ U(0,16] , dt_bias = softplus⁻¹(dt), dt = exp(U(ln 1e-3, ln 1e-1)) ≥ 1e-4,

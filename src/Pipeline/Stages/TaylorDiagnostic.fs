@@ -1,4 +1,4 @@
-/// The per-layer Taylor diagnostic (method.md §10, §11e): on the calibration batch, per head, the relative
+/// The per-layer Taylor diagnostic (docs/method.md §10, §11e): on the calibration batch, per head, the relative
 /// error ‖o_T − o_soft‖_F/‖o_soft‖_F of the first-order (w = 1 + s) and second-order (w = 1 + s + s²/2)
 /// Taylor linear attention o_T,i = Σ_{j≤i} w(s_ij)v_j / Σ_{j≤i} w(s_ij), on the teacher's exact scaled logits
 /// s_ij (RoPE, q/k norm, biases), against the softmax context; plus the count of rows whose first-order

@@ -1,4 +1,4 @@
-/// Phase 1 of Taylor-Calibrate (Taylor-Init), closed form per GDN layer (method.md §5.2, §10):
+/// Phase 1 of Taylor-Calibrate (Taylor-Init), closed form per GDN layer (docs/method.md §5.2, §10):
 /// (a) decay from the mean attention distance (half-life d̄_h: softplus(dt_bias_h) = clamp(ln 2/d̄_h), A_log = 0)
 ///     and write strength from entropy concentration (β*_h ∈ [0.3, 0.7] by rescaling W_b's rows);
 /// (b) per-head OLS value scale σ_h = ΣC·O/ΣO² (clamped) of the unscaled, un-normed, ungated GDN read-out
@@ -14,7 +14,7 @@ open TaylorCalibrate.Pipeline.Model
 open TaylorCalibrate.Pipeline.Student
 open TaylorCalibrate.Pipeline.Stages.TeacherTrace
 
-/// Every constant of Phase 1 (method.md §5.2 defaults).
+/// Every constant of Phase 1 (docs/method.md §5.2 defaults).
 type TaylorOptions =
     { DecayMin: float
       DecayMax: float

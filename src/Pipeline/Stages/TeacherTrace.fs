@@ -1,4 +1,4 @@
-/// The teacher trace (method.md §5.1, §11d): one fp32 teacher forward over the calibration batch recording,
+/// The teacher trace (docs/method.md §5.1, §11d): one fp32 teacher forward over the calibration batch recording,
 /// for each layer to convert, the normed input x, the context C (before o_proj), the output Y (after
 /// o_proj) and the per-head mean attention distance d̄_h (floored at 0.5) and entropy H_h, from the
 /// attention kernel's streamed statistics (no T×T matrix). Large batches are traced in windows of chunks so
@@ -8,7 +8,7 @@ module TaylorCalibrate.Pipeline.Stages.TeacherTrace
 open TaylorCalibrate.Pipeline.Model
 open TaylorCalibrate.Pipeline.Stages.Calibration
 
-/// Floor of the mean attention distance (method.md §5.1).
+/// Floor of the mean attention distance (docs/method.md §5.1).
 let distanceFloor = 0.5
 
 /// What one converted layer's calibration needs.

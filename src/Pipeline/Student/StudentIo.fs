@@ -1,4 +1,4 @@
-/// Saves and loads a student as a Hugging Face-style directory (method.md §3 names; architecture.md):
+/// Saves and loads a student as a Hugging Face-style directory (docs/method.md §3 names; docs/architecture.md):
 /// config.json = the teacher's config fields + model_type "student", student_name "gdn_v4",
 /// keep_full_attention_layers, gqa_expand, init (and teacher_model_type, rope_pairing so a llama2.c teacher
 /// round-trips); model.safetensors (F32) with prefix model.layers.{i}.; the teacher's tokenizer file copied.
@@ -86,7 +86,7 @@ let configJson (s: Student) (tokenizerFile: string option) : string =
     o["rope_pairing"] <- JsonValue.Create(match s.Config.RopeLayout with RopeLayout.Adjacent -> "adjacent" | _ -> "half_split")
     o["attention_bias"] <- JsonValue.Create s.Config.OutputBias
     o["qkv_bias"] <- JsonValue.Create s.Config.QkvBias
-    // gdn_v4 fixed arguments (method.md §3), recorded for PyTorch users.
+    // gdn_v4 fixed arguments (docs/method.md §3), recorded for PyTorch users.
     o["expand_v"] <- JsonValue.Create 1
     o["use_gate"] <- JsonValue.Create true
     o["use_short_conv"] <- JsonValue.Create false

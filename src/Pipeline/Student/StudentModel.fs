@@ -1,11 +1,11 @@
-/// The hybrid student (method.md §2–§4): the teacher's embeddings, norms, MLPs and lm_head, its softmax
-/// attention in the kept layers, and a gdn_v4 Gated DeltaNet layer (method.md §3) in every other layer.
+/// The hybrid student (docs/method.md §2–§4): the teacher's embeddings, norms, MLPs and lm_head, its softmax
+/// attention in the kept layers, and a gdn_v4 Gated DeltaNet layer (docs/method.md §3) in every other layer.
 /// Host-side fp32 weights, [out, in] row-major like the teacher's.
 namespace TaylorCalibrate.Pipeline.Student
 
 open TaylorCalibrate.Pipeline.Model
 
-/// How the teacher's n_kv key/value heads become H GDN heads (method.md §4, §11a).
+/// How the teacher's n_kv key/value heads become H GDN heads (docs/method.md §4, §11a).
 [<RequireQualifiedAccess>]
 type GqaExpand =
     /// GDN head m ← teacher kv head ⌊m/g⌋ (the teacher's own GQA mapping; the project default).
@@ -47,7 +47,7 @@ module GdnWeights =
           Wa = Array.copy w.Wa; Wb = Array.copy w.Wb; ALog = Array.copy w.ALog; DtBias = Array.copy w.DtBias
           ONorm = Array.copy w.ONorm; Wo = Array.copy w.Wo }
 
-    /// 5·D·H·hd + 2·D·H + 2H + hd (method.md §3).
+    /// 5·D·H·hd + 2·D·H + 2H + hd (docs/method.md §3).
     let parameterCount (c: ModelConfig) =
         let D, H, hd = int64 c.Dim, int64 c.Heads, int64 c.HeadDim
         5L * D * H * hd + 2L * D * H + 2L * H + hd

@@ -1,7 +1,7 @@
 /// The teacher forward: a naive double-precision reference forward (defined here, from the formulas of
 /// Forward.fs) checks the backend forward on tiny random Llama, Qwen2 (q/k/v biases) and Qwen3 (q/k norm)
 /// checkpoints written in the Hugging Face layout (F32, BF16, sharded); stories260K reproduces the golden
-/// logits and greedy ids of platform.md, both through the reference and through the backend.
+/// logits and greedy ids of docs/platform.md, both through the reference and through the backend.
 module TaylorCalibrate.Tests.Model.TeacherForwardTests
 
 open System
@@ -186,7 +186,7 @@ let tests =
             Expect.notEqual s full "skipping layer 0's attention changes the logits" }
     ]
 
-// ---- stories260K (../shared), golden values from platform.md ----------------------------------------
+// ---- stories260K (../shared), golden values from docs/platform.md ----------------------------------------
 
 let goldenLogits = [| -6.222911f; 8.404342f; -6.223737f; -6.222542f; -6.221951f; -6.222875f; -6.221880f; -6.223416f |]
 let goldenGreedy =

@@ -1,4 +1,4 @@
-/// Causal GQA softmax attention (kernels.md §2) against the explicit double-precision softmax
+/// Causal GQA softmax attention (docs/kernels.md §2) against the explicit double-precision softmax
 /// (Reference/AttentionReference.fs): o, lse, the fused per-head statistics, probs, and dq/dk/dv, at odd T
 /// (partial and single tiles), head sizes that are not powers of two and GQA ratios 1, 2, 4; the
 /// reference's gradients are checked by central finite differences.

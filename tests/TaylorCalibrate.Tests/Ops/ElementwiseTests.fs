@@ -1,7 +1,7 @@
 /// The elementwise ops of IBackend (Add, Mul, Scale, Axpy, Unary, UnaryBackward, SwiGlu, SwiGluBackward) on
 /// every backend against the double reference (Reference/ElementwiseReference.fs), at odd sizes; in-place
 /// use where the contract allows it (Scale, Unary: y may be x); overwrite (dx =) versus accumulate
-/// (Axpy: y +=); argument errors. Maths: kernels.md §4 (Elementwise).
+/// (Axpy: y +=); argument errors. Maths: docs/kernels.md §4 (Elementwise).
 module TaylorCalibrate.Tests.Ops.ElementwiseTests
 
 open Expecto

@@ -1,4 +1,4 @@
-/// Gated delta rule kernels (kernels.md §3) against the double-precision token-loop reference
+/// Gated delta rule kernels (docs/kernels.md §3) against the double-precision token-loop reference
 /// (Reference/GdnReference.fs), in the style of fla's tests (§3.5): odd T (partial chunks), head sizes that
 /// are not powers of two, h0 and d(final state), in-kernel L2 norm, β near 0 and 1, g ∈ U[−20, −1e-4] with
 /// some g = 0; both forms (recurrent, chunked), chunk sizes 16/32/64; the reference's own gradients are
@@ -39,7 +39,7 @@ module Tol =
     /// O(ε²·f‴) ≈ 1e-10 relative, far below any real gradient error.
     let finiteDifference = 1e-6
 
-/// Decay regimes: g ∈ U[−20, −1e-4] (kernels.md §3.4) or a slow U[−0.1, −1e-4] (long memory); in both,
+/// Decay regimes: g ∈ U[−20, −1e-4] (docs/kernels.md §3.4) or a slow U[−0.1, −1e-4] (long memory); in both,
 /// every 5th g is exactly 0.
 type Gates =
     | Wide

@@ -1,7 +1,7 @@
 /// IBackend.Gemm on every backend against the double reference (Reference/GemmReference.fs): odd shapes
 /// with every transpose combination, α and β ≠ 0/1 (β = 1 is gradient accumulation), batches with leading
 /// dimensions, strides and offsets (untouched elements of C must keep their bits), long K (split-K), and
-/// argument errors. Maths: kernels.md §1; layout: GemmSpec in Specs.cs.
+/// argument errors. Maths: docs/kernels.md §1; layout: GemmSpec in Specs.cs.
 module TaylorCalibrate.Tests.Ops.GemmTests
 
 open System

@@ -3,7 +3,7 @@
 /// vocabularies of 1, 50, 1031 and 4099 (across streaming blocks), ignored targets (< 0) with exactly zero
 /// gradient rows, gradScale, dlogits/dstudent as a separate tensor (overwritten), aliasing the logits, or
 /// absent; logits near 100 (a kernel without the max shift overflows); argument errors.
-/// Maths: kernels.md §4 (Cross-entropy / KL).
+/// Maths: docs/kernels.md §4 (Cross-entropy / KL).
 module TaylorCalibrate.Tests.Ops.LossTests
 
 open System

@@ -1,7 +1,7 @@
 /// RMSNorm and L2 norm (IBackend.RmsNorm, RmsNormBackward, L2Norm, L2NormBackward) on every backend against
 /// the double reference (Reference/NormReference.fs): odd row lengths, rows where eps matters, the
 /// backward from the backend's own saved rstd, dx overwritten and dw accumulated, argument errors.
-/// Maths: kernels.md §4 (RMSNorm, L2 norm).
+/// Maths: docs/kernels.md §4 (RMSNorm, L2 norm).
 module TaylorCalibrate.Tests.Ops.NormTests
 
 open Expecto

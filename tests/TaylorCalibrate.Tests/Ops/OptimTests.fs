@@ -2,7 +2,7 @@
 /// on every backend against the double reference (Reference/OptimReference.fs): sizes from 1 to 100003,
 /// the empty max-abs, determinism (same bits twice), several AdamW steps with bias correction, weight decay
 /// and an eps-dominated case, clipping above and below the threshold, argument errors.
-/// Maths: kernels.md §4 (AdamW, Gradient-norm clipping, Reductions).
+/// Maths: docs/kernels.md §4 (AdamW, Gradient-norm clipping, Reductions).
 module TaylorCalibrate.Tests.Ops.OptimTests
 
 open System

@@ -1,6 +1,6 @@
 /// The double-precision references (tests/…/Reference/*.fs) checked on their own, before any backend is
 /// compared with them: every gradient against central finite differences on tiny shapes (one test per
-/// differentiable op), and the forwards against worked examples. Maths: kernels.md §1, §4.
+/// differentiable op), and the forwards against worked examples. Maths: docs/kernels.md §1, §4.
 module TaylorCalibrate.Tests.Ops.ReferenceTests
 
 open System

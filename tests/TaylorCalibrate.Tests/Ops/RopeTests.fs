@@ -1,6 +1,6 @@
 /// IBackend.Rope on every backend against the double reference (Reference/RopeReference.fs): both pair
 /// layouts, forward and inverse (the backward), in place, D not a power of two with D/2 odd, Llama-3
-/// scaled tables at an offset start position, argument errors. Maths: kernels.md §4 (RoPE).
+/// scaled tables at an offset start position, argument errors. Maths: docs/kernels.md §4 (RoPE).
 module TaylorCalibrate.Tests.Ops.RopeTests
 
 open Expecto

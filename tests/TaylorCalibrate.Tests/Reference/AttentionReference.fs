@@ -1,6 +1,6 @@
-/// The defining double-precision reference of causal GQA softmax attention (kernels.md §2): explicit
+/// The defining double-precision reference of causal GQA softmax attention (docs/kernels.md §2): explicit
 /// scores s_ij = scale·q_i·k_j (j ≤ i), a max-shifted softmax per row, o_i = Σ_j p_ij v_j, lse_i, the
-/// per-head statistics (mean over rows of Σ_j p_ij·max(i−j, 0.5) and of −Σ_j p_ij ln p_ij; method.md §5.1)
+/// per-head statistics (mean over rows of Σ_j p_ij·max(i−j, 0.5) and of −Σ_j p_ij ln p_ij; docs/method.md §5.1)
 /// and the backward from the textbook formulas (δ_i = Σ_j p_ij·dp_ij, not dO·O). q [B,T,H,D];
 /// k, v [B,T,Hkv,D]; query head h reads kv head h / (H/Hkv).
 module TaylorCalibrate.Tests.AttentionReference

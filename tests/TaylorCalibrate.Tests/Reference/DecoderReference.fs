@@ -1,5 +1,5 @@
 /// The defining double-precision reference of a whole decoder (teacher or hybrid student), written from
-/// the formulas of docs/training.md and method.md §2–§3 and nothing of the Pipeline's code:
+/// the formulas of docs/training.md and docs/method.md §2–§3 and nothing of the Pipeline's code:
 ///   x₀ = E[ids];  h = x + Mixer(RMSNorm(x)·w_attn);  x' = h + W_down(silu(W_gate ĥ) ⊙ W_up ĥ), ĥ = RMSNorm(h)·w_mlp;
 ///   logits = W_head·RMSNorm(x_L)·w_final.
 /// Softmax mixer: q/k/v projections (+ biases), per-head q/k RMSNorm, RoPE (either pairing), causal GQA

@@ -1,5 +1,5 @@
 /// Naive double-precision reference of the elementwise ops of IBackend (Add, Mul, Scale, Axpy, Unary,
-/// UnaryBackward, SwiGlu, SwiGluBackward), forward and backward. Maths: kernels.md §4 (Elementwise);
+/// UnaryBackward, SwiGlu, SwiGluBackward), forward and backward. Maths: docs/kernels.md §4 (Elementwise);
 /// the activations are documented on UnaryOp in Specs.cs.
 module TaylorCalibrate.Tests.Reference.Elementwise
 

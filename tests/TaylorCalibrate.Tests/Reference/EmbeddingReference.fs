@@ -1,5 +1,5 @@
 /// Naive double-precision reference of IBackend.Embedding and EmbeddingBackward: a gather of table rows
-/// (table (V, D), ids (N), y (N, D)) and its reverse, a scatter-add into dtable. Maths: kernels.md §4.
+/// (table (V, D), ids (N), y (N, D)) and its reverse, a scatter-add into dtable. Maths: docs/kernels.md §4.
 module TaylorCalibrate.Tests.Reference.Embedding
 
 /// y[n,:] = table[ids[n],:]; rows of D = `dim`.

@@ -1,4 +1,4 @@
-/// The defining double-precision reference of the gated delta rule (kernels.md §3.1): the token loop
+/// The defining double-precision reference of the gated delta rule (docs/kernels.md §3.1): the token loop
 /// S_t = e^{g_t}(I − β_t k_t k_tᵀ)S_{t−1} + β_t k_t v_tᵀ, o_t = scale·S_tᵀq_t, with the state S [K,V], its
 /// BPTT backward (storing every S_{t−1}; tiny shapes only) and the optional L2 norm of q, k
 /// (rstd = (Σx² + 1e-6)^−½) with its gradient. Layouts as the contract: q, k [B,T,H,K]; v [B,T,H,V];
@@ -76,7 +76,7 @@ let forward (x: Inputs) : Outputs =
                 for j in 0 .. x.V - 1 do ht[((b * x.H + h) * x.K + i) * x.V + j] <- S[i, j]
     { O = o; Ht = ht }
 
-/// BPTT (kernels.md §3.1) for the loss Σ o⊙dO + Σ ht⊙dht.
+/// BPTT (docs/kernels.md §3.1) for the loss Σ o⊙dO + Σ ht⊙dht.
 let backward (x: Inputs) (dO: float[]) (dht: float[] option) : Grads =
     let K, V = x.K, x.V
     let g = { DQ = Array.zeroCreate x.Q.Length; DK = Array.zeroCreate x.Kx.Length; DV = Array.zeroCreate x.Vx.Length

@@ -1,4 +1,4 @@
-/// Naive double-precision reference of IBackend.Gemm (kernels.md §1; layout rules: GemmSpec in Specs.cs).
+/// Naive double-precision reference of IBackend.Gemm (docs/kernels.md §1; layout rules: GemmSpec in Specs.cs).
 /// Per batch entry b: C_b = α·op(A_b)·op(B_b) + β·C_b, op(A) [M,K], op(B) [K,N], C [M,N]. A is stored [M,K]
 /// with row stride lda (or [K,M] when TransA), B [K,N] with ldb (or [N,K] when TransB), C [M,N] with ldc;
 /// A_b starts at OffsetA + b·StrideA (likewise B, C). Leading dimensions of 0 mean packed; strides of 0 mean

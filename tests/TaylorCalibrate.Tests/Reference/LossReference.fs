@@ -1,6 +1,6 @@
 /// Naive double-precision reference of the ops over a vocabulary: row softmax (IBackend.Softmax,
 /// SoftmaxBackward), cross-entropy with ignored targets (IBackend.CrossEntropy) and KL(teacher‖student)
-/// (IBackend.KlDivergence), each with its gradient. Rows have length V (`cols`). Maths: kernels.md §4
+/// (IBackend.KlDivergence), each with its gradient. Rows have length V (`cols`). Maths: docs/kernels.md §4
 /// (Cross-entropy / KL); per-row losses and gradScale exactly as documented on IBackend.
 module TaylorCalibrate.Tests.Reference.Loss
 

@@ -1,5 +1,5 @@
 /// Naive double-precision reference of RMSNorm and L2 norm (IBackend.RmsNorm, RmsNormBackward, L2Norm,
-/// L2NormBackward), row by row over rows of length C. Maths: kernels.md §4 (RMSNorm, L2 norm).
+/// L2NormBackward), row by row over rows of length C. Maths: docs/kernels.md §4 (RMSNorm, L2 norm).
 module TaylorCalibrate.Tests.Reference.Norm
 
 /// y = w ⊙ x·r, r = (mean x² + eps)^−½ per row; x (rows, C), w (C). Returns y (rows, C) and r (rows).

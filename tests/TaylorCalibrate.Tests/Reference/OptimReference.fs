@@ -1,5 +1,5 @@
 /// Naive double-precision reference of the whole-tensor reductions (IBackend.Reduce, with gradients), the
-/// AdamW step (IBackend.AdamW) and global gradient-norm clipping (IBackend.ClipGradNorm). Maths: kernels.md
+/// AdamW step (IBackend.AdamW) and global gradient-norm clipping (IBackend.ClipGradNorm). Maths: docs/kernels.md
 /// §4 (AdamW, Gradient-norm clipping, Reductions); AdamW as documented on AdamWSpec (PyTorch semantics).
 module TaylorCalibrate.Tests.Reference.Optim
 

@@ -2,7 +2,7 @@
 /// 0..T−1 from tables cos, sin (T, D/2) (pair i of position t turns by the angle whose cosine is cos[t,i]).
 /// HalfSplit pairs coordinate i with i + D/2 (Hugging Face rotate-half), Adjacent pairs 2i with 2i+1
 /// (llama2.c). The inverse turns by −angle; it is also the backward, since the rotation is orthogonal.
-/// Maths: kernels.md §4 (RoPE).
+/// Maths: docs/kernels.md §4 (RoPE).
 module TaylorCalibrate.Tests.Reference.Rope
 
 open TaylorCalibrate.Backend

@@ -1,4 +1,4 @@
-/// The Taylor diagnostic (method.md §11e) and the per-layer alignment checkpoints behind --resume. (Named
+/// The Taylor diagnostic (docs/method.md §11e) and the per-layer alignment checkpoints behind --resume. (Named
 /// after StudentTests alphabetically: the wildcard compile order lets it reuse the tiny teacher.)
 module TaylorCalibrate.Tests.Stages.TaylorDiagnosticTests
 

@@ -1,4 +1,4 @@
-/// Properties of Phase 1's closed-form maths (method.md §5.2) and of the skeleton (§3, §4): softplus(dt_bias)
+/// Properties of Phase 1's closed-form maths (docs/method.md §5.2) and of the skeleton (§3, §4): softplus(dt_bias)
 /// hits the target decay, β targets lie in [0.3, 0.7] and rise with concentration, σ is the least-squares
 /// optimum within its clamps, α gives the intended RMS, head-wise GQA expansion copies whole kv heads,
 /// the parameter count formula, and the kept-layer policy.
@@ -86,7 +86,7 @@ let tests =
 
         test "parameter count: formula and stories260K 260,032 -> 296,992 keeping layer 0" {
             let c = { config 64 8 4 8 5 with Hidden = 172; Vocab = 512 }
-            Expect.equal (GdnWeights.parameterCount c) 21_528L "per GDN layer (method.md §3)"
+            Expect.equal (GdnWeights.parameterCount c) 21_528L "per GDN layer (docs/method.md §3)"
             let layer () : LayerWeights =
                 { AttnNorm = Array.zeroCreate 64; Wq = Array.zeroCreate (64 * 64); Wk = Array.zeroCreate (32 * 64)
                   Wv = Array.zeroCreate (32 * 64); Wo = Array.zeroCreate (64 * 64); Bq = None; Bk = None; Bv = None; Bo = None

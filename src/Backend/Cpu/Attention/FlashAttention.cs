@@ -1,5 +1,5 @@
-// Causal GQA softmax attention, flash style, on the CPU. Maths: kernels.md §2 (forward with online softmax,
-// statistics mode, backward in two race-free passes); statistics definitions: method.md §5.1 and §11d.
+// Causal GQA softmax attention, flash style, on the CPU. Maths: docs/kernels.md §2 (forward with online softmax,
+// statistics mode, backward in two race-free passes); statistics definitions: docs/method.md §5.1 and §11d.
 // s_ij = scale·q_i·k_j for j ≤ i; query head h reads kv head h / (H/Hkv). Tiles of BR query rows × BC key
 // rows; no T×T matrix is ever formed (except the optional probs output, a diagnostic for small T).
 using System.Runtime.CompilerServices;
@@ -17,7 +17,7 @@ internal static unsafe partial class FlashAttention
 {
     const int BR = 64;   // query rows per tile
     const int BC = 64;   // key rows per tile (equal to BR, so the dK/dV pass starts at the diagonal tile)
-    /// <summary>Initial running max: finite, so m − m′ is never (−inf) − (−inf) = NaN (kernels.md §2).</summary>
+    /// <summary>Initial running max: finite, so m − m′ is never (−inf) − (−inf) = NaN (docs/kernels.md §2).</summary>
     const float MInit = -float.MaxValue / 2;
 
     /// <summary>

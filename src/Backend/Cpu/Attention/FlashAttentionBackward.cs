@@ -1,4 +1,4 @@
-// Causal GQA softmax attention, backward (kernels.md §2): δ_i = dO_i·O_i; P_ij = e^{s_ij − LSE_i};
+// Causal GQA softmax attention, backward (docs/kernels.md §2): δ_i = dO_i·O_i; P_ij = e^{s_ij − LSE_i};
 // dS_ij = P_ij(dO_i·v_j − δ_i); dV_j = Σ_i P_ij dO_i; dK_j = scale·Σ_i dS_ij q_i; dQ_i = scale·Σ_j dS_ij k_j.
 // Two passes without float atomics: dK/dV parallel over (b, kv head, key tile), looping over the group's
 // query heads and the query tiles from the diagonal on; dQ parallel over (b, h, query tile).

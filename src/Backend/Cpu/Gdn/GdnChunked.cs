@@ -1,4 +1,4 @@
-// Chunked (WY) gated delta rule on one (b, h) problem, forward. Maths: kernels.md §3.2 (steps 1–6) and the
+// Chunked (WY) gated delta rule on one (b, h) problem, forward. Maths: docs/kernels.md §3.2 (steps 1–6) and the
 // numerical rules of §3.4. On the CPU a chunk's rows are simply n ≤ C valid rows (no padding), so the
 // partial last chunk needs no masking of padded rows; exponents are always differences γ_r − γ_j with r ≥ j
 // (or γ_last − γ_r, γ_r), which are ≤ 0 for g ≤ 0.

@@ -1,4 +1,4 @@
-// Chunked (WY) gated delta rule on one (b, h) problem, backward. Maths: kernels.md §3.3 (steps 1–5):
+// Chunked (WY) gated delta rule on one (b, h) problem, backward. Maths: docs/kernels.md §3.3 (steps 1–5):
 // the forward is replayed to recompute γ, A, w, v_new and h_c per chunk, then a reverse scan over chunks
 // carries dh (the gradient w.r.t. the state at the end of the chunk) and produces every input gradient.
 // Exponents are differences γ_r − γ_j (r ≥ j), γ_r and γ_last − γ_r, all ≤ 0 (§3.4).

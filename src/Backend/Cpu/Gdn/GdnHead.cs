@@ -1,4 +1,4 @@
-// One (batch, head) problem of the gated delta rule (kernels.md §3.1), gathered from the strided
+// One (batch, head) problem of the gated delta rule (docs/kernels.md §3.1), gathered from the strided
 // [B,T,H,D] activations into contiguous per-head buffers so that the recurrent and chunked kernels run on
 // dense [T,D] rows; plus the in-kernel L2 norm of q and k (§3.4) and its backward.
 using System.Runtime.CompilerServices;

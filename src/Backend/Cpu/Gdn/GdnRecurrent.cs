@@ -1,5 +1,5 @@
 // Token-recurrent gated delta rule on one (b, h) problem, forward and backward (BPTT with recomputation).
-// Maths: kernels.md §3.1. The state S is [K,V] row-major (row i = key coordinate i), fp32, and every token
+// Maths: docs/kernels.md §3.1. The state S is [K,V] row-major (row i = key coordinate i), fp32, and every token
 // step sweeps its rows twice with Vector256 over the V columns (64-column Vector512 blocks on AVX-512,
 // GdnRecurrent.Wide.cs), so S (≤ 256 KiB at K = V = 256, 16 KiB at 64) stays in L1/L2.
 using System.Runtime.CompilerServices;
@@ -143,7 +143,7 @@ internal static unsafe partial class GdnRecurrent
     }
 
     /// <summary>
-    /// BPTT (kernels.md §3.1). States are recomputed: checkpoints every <c>seg</c> tokens, then each segment's
+    /// BPTT (docs/kernels.md §3.1). States are recomputed: checkpoints every <c>seg</c> tokens, then each segment's
     /// states are replayed forward into a buffer and walked backwards. dht (K, V) may be null.
     /// Gradients of q, k are w.r.t. the (normalised) vectors in <paramref name="p"/>.
     /// </summary>

@@ -1,5 +1,5 @@
 // Small dense matrix kernels for the sequence mixers (intra-chunk products of the chunked gated delta rule,
-// kernels.md §3.2–3.3, and the tile products of flash attention, §2). Operands are at most a few hundred
+// docs/kernels.md §3.2–3.3, and the tile products of flash attention, §2). Operands are at most a few hundred
 // rows and columns and live in L1/L2, so a register-blocked 4×16 micro-kernel over Vector256 is enough
 // (8×32 over Vector512 on AVX-512 processors, SmallMatrix.Wide.cs);
 // the big-matrix GEMM of the backend (Cpu/Gemm) is not used here because these tiles are strided

@@ -12,7 +12,7 @@
 // Each element of C sums its K products in the same order whatever the tasks are, so the result does
 // not depend on the thread count. Weight-gradient shapes (huge K, few output tiles) instead split K into
 // up to 8 ranges chosen from the shape alone, compute them in parallel into private buffers and add those
-// in a fixed order (llama.cpp's split-K rule, kernels.md §1).
+// in a fixed order (llama.cpp's split-K rule, docs/kernels.md §1).
 using System.Buffers;
 using static TaylorCalibrate.Backend.Cpu.Gemm.MicroKernels;
 
