@@ -100,6 +100,11 @@ let layerOutput (be: IBackend) (c: ModelConfig) (trace: LayerTrace) (B: int) (T:
 let fit (be: IBackend) (c: ModelConfig) (trace: LayerTrace) (B: int) (T: int) (w: GdnWeights) =
     fitOf c.Dim (layerOutput be c trace B T w) trace.Output
 
+/// The GDN layer's tensors as named parameters of layer `layer` (their saved names), with gradients on `owner`.
+let layerParameters (owner: TensorOwner) (layer: int) (p: GdnParams) : Parameter list =
+    Gdn.named p |> List.map (fun (n, t) ->
+        { Parameter.Name = $"model.layers.{layer}.attn.{n}"; Value = t; Grad = owner.Allocate t.Shape })
+
 /// Aligns one layer; `onStep step loss` reports progress. Cancellation stops between steps (throws).
 let alignLayer (o: AlignOptions) (be: IBackend) (c: ModelConfig) (trace: LayerTrace) (B: int) (T: int) (w: GdnWeights)
                (onStep: int -> float -> unit) (ct: CancellationToken) : GdnWeights * AlignResult =
@@ -113,9 +118,7 @@ let alignLayer (o: AlignOptions) (be: IBackend) (c: ModelConfig) (trace: LayerTr
     let dy = owner.Allocate [| B; T; c.Dim |]
     let scalar = owner.Allocate [| 1 |]
     let p = Gdn.upload owner (Gdn.dimsOf c) w
-    let parameters =
-        Gdn.named p |> List.map (fun (n, t) ->
-            { Parameter.Name = $"model.layers.{trace.Layer}.attn.{n}"; Value = t; Grad = owner.Allocate t.Shape })
+    let parameters = layerParameters owner trace.Layer p
     let settings =
         { Beta1 = o.Beta1; Beta2 = o.Beta2; Epsilon = o.Epsilon; ClipNorm = Some o.ClipNorm; Schedule = Schedule.Constant }
     use optimizer = new AdamW(settings, ParameterGroups.Presets.phase2 o.LrProjections o.LrGates o.WeightDecay, parameters)

@@ -229,9 +229,7 @@ let private align (o: PlusOptions) (be: IBackend) (c: ModelConfig) (win: Windows
     let p = Gdn.upload owner dims w
     let dy = owner.Allocate [| mb; T; dims.D |]
     let x, y, target, _ = win.Get mb
-    let parameters =
-        Gdn.named p |> List.map (fun (n, t) ->
-            { Parameter.Name = $"model.layers.{layer}.attn.{n}"; Value = t; Grad = owner.Allocate t.Shape })
+    let parameters = Align.layerParameters owner layer p
     let settings =
         { Beta1 = o.Beta1; Beta2 = o.Beta2; Epsilon = o.Epsilon; ClipNorm = Some o.ClipNorm; Schedule = Schedule.Constant }
     use optimizer = new AdamW(settings, rules o, parameters)
