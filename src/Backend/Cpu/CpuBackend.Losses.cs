@@ -123,10 +123,7 @@ public sealed partial class CpuBackend
                 for (int o = 0; o < v; o += VocabBlock)              // d = gradScale·e^{z − lse}
                 {
                     int len = Math.Min(VocabBlock, v - o);
-                    var db = d.Slice(o, len);
-                    TensorPrimitives.Subtract(z.Slice(o, len), logZ, db);
-                    TensorPrimitives.Exp(db, db);
-                    TensorPrimitives.Multiply(db, gradScale, db);
+                    Simd.ScaledExpShifted(z.Slice(o, len), logZ, gradScale, d.Slice(o, len), wide);
                 }
                 d[target] -= gradScale;                                // − gradScale·onehot
             }

@@ -70,6 +70,21 @@ let tests =
                     let specSum = Array.fold (+) 0.0f spec
                     expectWithin (sumBound n (float specSum) + expRel * float specSum) specSum sum $"Σ n={n}"
             }
+        for wide in widths do
+            test $"{label wide} ScaledExpShifted (the cross-entropy gradient's softmax) against its scalar loop" {
+                requireWidth wide
+                for n in lengths do
+                    let x = Rand.uniform (n + 13) -20.0 5.0 n
+                    let dst = Array.zeroCreate<float32> n
+                    Simd.ScaledExpShifted(ReadOnlySpan x, 5.0f, 0.25f, Span dst, wide)
+                    for i in 0 .. n - 1 do
+                        let spec = 0.25f * MathF.Exp(x[i] - 5.0f)
+                        expectWithin (2.0 * expRel * float spec) spec dst[i] $"[{i}] n={n}"
+                    if wide then
+                        let narrow = Array.zeroCreate<float32> n
+                        Simd.ScaledExpShifted(ReadOnlySpan x, 5.0f, 0.25f, Span narrow, false)
+                        Numeric.bitEqual narrow dst $"512 vs 256-bit, n={n}"
+            }
         test "ExpShiftedSum: both widths give the same exponentials bit for bit" {
             requireWidth true
             for n in lengths do
@@ -164,6 +179,22 @@ let tests =
                 for j in 0 .. 63 do
                     let spec = if j < count then x0[j] * (0.7f * MathF.Exp(gr - gam[j])) else x0[j]
                     expectWithin (2.0 * expRel * abs (float spec) + 1e-30) spec w[j] $"x[{j}] count={count}"
+        }
+        test "chunked GDN backward exp row e^(γ_r−γ_j): the 512-bit form equals the 256-bit one and matches the scalar spec" {
+            requireWidth true
+            for count in [ 0; 1; 7; 8; 15; 16; 17; 33; 48; 63; 64 ] do
+                let gam = Rand.uniform (count + 21) -3.0 0.0 64
+                let run wide =
+                    let e = Array.zeroCreate<float32> 64
+                    use pg = fixed gam
+                    use pe = fixed e
+                    GdnChunked.ExpDiffRow(pg, 0.25f, count, pe, wide)
+                    e
+                let w, nn = run true, run false
+                Numeric.bitEqual nn w $"count={count}"
+                for j in 0 .. count - 1 do
+                    let spec = MathF.Exp(0.25f - gam[j])
+                    expectWithin (expRel * float spec) spec w[j] $"e[{j}] count={count}"
         }
         test "recurrent GDN backward pass B: the 512-bit pair form against the row form (rounding only)" {
             requireWidth true

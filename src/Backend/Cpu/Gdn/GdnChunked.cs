@@ -163,6 +163,22 @@ internal static unsafe class GdnChunked
         for (; j < count; j++) x[j] *= s * MathF.Exp(gr - gam[j]);
     }
 
+    /// <summary>e[j] = e^{gr − γ_j} for j &lt; count (exponents ≤ 0 as in <see cref="DecayRow"/>), in the same
+    /// 16-, 8-column and scalar steps, so both widths give the same bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void ExpDiffRow(float* gam, float gr, int count, float* e, bool wide)
+    {
+        int j = 0;
+        if (wide)
+        {
+            var wg = Vector512.Create(gr);
+            for (; j + 16 <= count; j += 16) Vector512.Exp(wg - Vector512.Load(gam + j)).Store(e + j);
+        }
+        var vg = Vector256.Create(gr);
+        for (; j + 8 <= count; j += 8) Vector256.Exp(vg - Vector256.Load(gam + j)).Store(e + j);
+        for (; j < count; j++) e[j] = MathF.Exp(gr - gam[j]);
+    }
+
     /// <summary>dst[0..n) = a·src[0..n).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ScaleRow(float* src, float a, float* dst, int n)

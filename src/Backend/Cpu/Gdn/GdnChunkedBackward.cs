@@ -22,7 +22,7 @@ internal static unsafe class GdnChunkedBackward
         var dhArr = Workspace.Get(Workspace.Slot.DState, KV);   // (K, V) dL/d(state at the end of the current chunk)
         if (dht is null) dhArr.AsSpan(0, (int)KV).Clear(); else dht.AsSpan(0, (int)KV).CopyTo(dhArr);
         long CC = (long)C * C;
-        var work = Workspace.Get(Workspace.Slot.ScratchBackward, 8 * CC + 5L * C * K + 4L * C * V + 2L * V * K + 2L * K * C + 2L * V * C + C);
+        var work = Workspace.Get(Workspace.Slot.ScratchBackward, 8 * CC + 5L * C * K + 4L * C * V + 2L * V * K + 2L * K * C + 2L * V * C + 2L * C);
         fixed (float* q = p.Q, k = p.Kx, v = p.Vx, dOb = dO, dh = dhArr, wk = work,
                gAll = saved.Gamma, aAll = saved.A, wAll = saved.W, vnAll = saved.VNew, hAll = saved.H,
                dq = grads.DQ, dk = grads.DK, dv = grads.DV)
@@ -51,6 +51,7 @@ internal static unsafe class GdnChunkedBackward
             float* vnT = sc.Take((long)V * C);   // (V, C) v_newᵀ
             float* VbT = sc.Take((long)V * C);   // (V, C) (V ⊙ β)ᵀ
             float* dgam = sc.Take(C);            // (C)    dL/dγ
+            float* er = sc.Take(C);              // (C)    e^{γ_r−γ_j} of one row
 
             for (int c = NT - 1; c >= 0; c--)
             {
@@ -130,9 +131,10 @@ internal static unsafe class GdnChunkedBackward
                 {
                     float br = p.Beta[t0 + r], gr = gam[r], dbeta = 0f, rowLL = 0f;
                     float* dlr = dL + (long)r * C, kkr = KK + (long)r * C, gmr = Gm + (long)r * C;
+                    GdnChunked.ExpDiffRow(gam, gr, r, er, wide);
                     for (int j = 0; j < r; j++)
                     {
-                        float e = MathF.Exp(gr - gam[j]);
+                        float e = er[j];
                         float dlk = dlr[j] * kkr[j] * e;   // dL_rj·(k_r·k_j)·e^{γ_r−γ_j}
                         dbeta += dlk;
                         float ll = br * dlk;               // dL_rj·L_rj
