@@ -1,11 +1,14 @@
 /// `bench --suite cpu-vector`: the CPU backend's non-GEMM kernels in each vector width this process runs
 /// (256-bit "avx2" and 512-bit "avx512", Backend/Cpu/VectorWidth.cs), A/B in one process: every case runs on
-/// one backend per width, alternating widths over two rounds, and reports the faster round of each (the
-/// machine may be shared). Cases: RMSNorm, softmax, cross-entropy and KL rows (forward + gradient), AdamW,
-/// flash attention and both gated-delta-rule forms (forward + backward, useful FLOPs as in SequenceSuite),
-/// and one GEMM (the same run's GEMM rate, for the kernels' fraction of it). Other backends: no records.
+/// one backend per width, the widths taking turns run by run (A, B, A, B, …, so load from other processes
+/// hits both alike), and reports the fastest run of each (the record's seconds), which on a shared machine
+/// estimates the unloaded time better than a median. Cases: RMSNorm, softmax, cross-entropy and KL rows
+/// (forward + gradient), AdamW, flash attention and both gated-delta-rule forms (forward + backward, useful
+/// FLOPs as in SequenceSuite), and one GEMM timed the same way (the same run's GEMM rate, for the kernels'
+/// fraction of it). Other backends: no records.
 module TaylorCalibrate.Pipeline.Bench.CpuVectorSuite
 
+open System.Diagnostics
 open TaylorCalibrate.Backend
 open TaylorCalibrate.Backend.Cpu
 open TaylorCalibrate.Pipeline.Bench.BenchCore
@@ -117,27 +120,46 @@ let private record (c: Case) (width: CpuVectorWidth) seconds =
       Seconds = seconds; Gflops = c.Flops |> Option.map (fun f -> f / seconds / 1e9)
       TokensPerSecond = c.Tokens |> Option.map (fun t -> float t / seconds) }
 
-/// Every case in every width, then the GEMM rate of the same run; nothing on other backends.
+/// The fastest run of each prepared case, the cases taking turns run by run (after `opts.Warmup` runs each),
+/// for at least `opts.MinRepeats` turns and `opts.MinSeconds` per case, at most `opts.MaxRepeats` turns.
+let private fastest (opts: BenchOptions) (runs: (IBackend * Prepared) list) =
+    let best = Array.create runs.Length infinity
+    for _, p in runs do
+        for _ in 1 .. opts.Warmup do p.Run()
+    let clock = Stopwatch.StartNew()
+    let mutable turns = 0
+    while turns < opts.MinRepeats || (clock.Elapsed.TotalSeconds < opts.MinSeconds * float runs.Length && turns < opts.MaxRepeats) do
+        runs |> List.iteri (fun i (b, p) ->
+            let sw = Stopwatch.StartNew()
+            p.Run()
+            b.Synchronize()
+            best[i] <- min best[i] sw.Elapsed.TotalSeconds)
+        turns <- turns + 1
+    best
+
+/// Every case in every width, then the GEMM rate of the same run (timed the same way); nothing on other backends.
 let run (be: IBackend) (opts: BenchOptions) (report: BenchRecord -> unit) =
     match be with
     | :? CpuBackend as cpu ->
-        let widths = CpuVectorWidths.Supported
-        let backends = [ for w in widths -> w, new CpuBackend(cpu.Threads, w) ]
+        let backends = [ for w in CpuVectorWidths.Supported -> w, new CpuBackend(cpu.Threads, w) ]
         try
             [ for c in cases opts.Quick do
                 let prepared = [ for w, b in backends -> w, b, c.Setup b ]
-                let best = Array.create prepared.Length infinity
-                for _ in 1 .. 2 do
-                    prepared |> List.iteri (fun i (_, b, p) ->
-                        best[i] <- min best[i] (measure b opts p.Run))
+                let best = fastest opts [ for _, b, p in prepared -> (b :> IBackend), p ]
                 for i, (w, _, p) in List.indexed prepared do
                     for t in p.Tensors do t.Dispose()
                     let r = record c w best[i]
                     report r
                     yield r
-              let size = if opts.Quick then 256 else 1024
-              let g = GemmSuite.runCase be opts { Name = $"square {size}"; M = size; N = size; K = size; TransA = false; TransB = false }
-              let r = { g with Suite = "cpu-vector"; Case = $"gemm square {size}" }
+              let n = if opts.Quick then 256 else 1024
+              let rnd = System.Random 1234
+              let fill count = Array.init count (fun _ -> float32 (rnd.NextDouble() - 0.5))
+              let a, b, cT = be.FromArray(fill (n * n), n, n), be.FromArray(fill (n * n), n, n), be.Allocate [| n; n |]
+              let spec = GemmSpec(n, n, n)
+              let seconds = (fastest opts [ be, { Run = (fun () -> be.Gemm(a, b, cT, spec)); Tensors = [ a; b; cT ] } ])[0]
+              for t in [ a; b; cT ] do t.Dispose()
+              let r = { Suite = "cpu-vector"; Device = "cpu"; Case = $"gemm square {n}"; M = Some n; N = Some n; K = Some n
+                        Seconds = seconds; Gflops = Some(spec.Flops / seconds / 1e9); TokensPerSecond = None }
               report r
               yield r ]
         finally
