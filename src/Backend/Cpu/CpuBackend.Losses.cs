@@ -163,12 +163,12 @@ public sealed partial class CpuBackend
                     Span<float> lt = t1[..len], ls = t2[..len], ps = t3[..len];
                     TensorPrimitives.Subtract(zt.Slice(o, len), logZt, lt);     // ln p_T
                     TensorPrimitives.Subtract(zs.Slice(o, len), logZs, ls);     // ln p_S
-                    TensorPrimitives.Exp(ls, ps);                               // p_S
+                    Simd.Exp(ls, ps, wide);                                   // p_S
                     TensorPrimitives.Subtract(lt, ls, ls);                      // ln p_T − ln p_S
                     // A masked teacher logit (−∞) gives p_T = 0 and a −∞ or NaN log ratio; clamping the
                     // ratio to a finite value makes that term 0·finite = 0, as the limit p ln p → 0 says.
                     TensorPrimitives.MaxNumber(ls, float.MinValue, ls);
-                    TensorPrimitives.Exp(lt, lt);                               // p_T
+                    Simd.Exp(lt, lt, wide);                                   // p_T
                     kl += Simd.Dot(lt, ls, wide);
                     if (td is not null)
                     {

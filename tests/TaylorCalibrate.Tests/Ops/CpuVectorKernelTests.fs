@@ -85,6 +85,31 @@ let tests =
                         Simd.ScaledExpShifted(ReadOnlySpan x, 5.0f, 0.25f, Span narrow, false)
                         Numeric.bitEqual narrow dst $"512 vs 256-bit, n={n}"
             }
+        for wide in widths do
+            test $"{label wide} Exp and Sigmoid against their scalar loops" {
+                requireWidth wide
+                for n in lengths do
+                    let x = Rand.uniform (n + 17) -30.0 30.0 n
+                    if n > 2 then
+                        x[0] <- Single.NegativeInfinity
+                        x[1] <- Single.PositiveInfinity
+                    let e, s = Array.zeroCreate<float32> n, Array.zeroCreate<float32> n
+                    Simd.Exp(ReadOnlySpan x, Span e, wide)
+                    Simd.Sigmoid(ReadOnlySpan x, Span s, wide)
+                    for i in 0 .. n - 1 do
+                        let se = MathF.Exp x[i]
+                        let ss = 1.0f / (1.0f + MathF.Exp(-x[i]))
+                        if Single.IsInfinity se || se = 0.0f then Expect.equal e[i] se $"e^x[{i}] = {se} exactly"
+                        else expectWithin (expRel * float se) se e[i] $"e^x[{i}] n={n}"
+                        // σ = 1/(1 + e^−x): the exp's relative error, damped by the division, plus one rounding
+                        expectWithin (2.0 * expRel * float ss + 1e-45) ss s[i] $"σ(x)[{i}] n={n}"
+                    if wide then
+                        let e2, s2 = Array.zeroCreate<float32> n, Array.zeroCreate<float32> n
+                        Simd.Exp(ReadOnlySpan x, Span e2, false)
+                        Simd.Sigmoid(ReadOnlySpan x, Span s2, false)
+                        Numeric.bitEqual e2 e $"Exp 512 vs 256-bit, n={n}"
+                        Numeric.bitEqual s2 s $"Sigmoid 512 vs 256-bit, n={n}"
+            }
         test "ExpShiftedSum: both widths give the same exponentials bit for bit" {
             requireWidth true
             for n in lengths do

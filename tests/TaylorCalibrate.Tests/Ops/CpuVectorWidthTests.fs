@@ -2,7 +2,8 @@
 /// and the backend's description; every op that has a 512-bit form run on a 256-bit and a 512-bit backend
 /// (the op tests against the f64 references run in the default width, so this is what checks the other);
 /// and, in each width, the same bits for 1 and 3 threads. Ops built to give the same bits in both widths
-/// (attention backward, the chunked gated delta rule, the recurrent forward, AdamW) are compared exactly;
+/// (elementwise ops, attention backward, the chunked gated delta rule, the recurrent forward, AdamW) are
+/// compared exactly;
 /// the others sum over 16 lanes instead of 8, and are compared within the fp32 budget of those sums.
 module TaylorCalibrate.Tests.Ops.CpuVectorWidthTests
 
@@ -54,6 +55,25 @@ let private losses: Op = fun be ->
     be.CrossEntropy(zs, t, ce, dce, 0.5f)
     be.KlDivergence(zt, zs, kl, dkl, 0.5f)
     [ ce.ToArray(); dce.ToArray(); kl.ToArray(); dkl.ToArray() ]
+
+let private elementwise: Op = fun be ->
+    let n = 10_007
+    use a = be.FromArray(Rand.uniform 30 -30.0 30.0 n, n)
+    use b = be.FromArray(Rand.uniform 31 -1.0 1.0 n, n)
+    use dy = be.FromArray(Rand.uniform 32 -1.0 1.0 n, n)
+    [ use y = be.Allocate [| n |]
+      use da = be.Allocate [| n |]
+      use db = be.Allocate [| n |]
+      be.SwiGlu(a, b, y)
+      be.SwiGluBackward(a, b, dy, da, db)
+      yield y.ToArray(); yield da.ToArray(); yield db.ToArray()
+      for op in [ UnaryOp.Exp; UnaryOp.Sigmoid; UnaryOp.Silu; UnaryOp.Softplus ] do
+          use u = be.Allocate [| n |]
+          use du = be.Allocate [| n |]
+          be.Unary(op, a, u)
+          be.UnaryBackward(op, a, dy, du)
+          yield u.ToArray()
+          yield du.ToArray() ]
 
 let private reductions: Op = fun be ->
     use x = be.FromArray(Rand.uniform 9 -1.0 1.0 40_001, 40_001)
@@ -135,6 +155,7 @@ let private ops =
       "softmax forward+backward", softmax, false
       "cross-entropy and KL", losses, false
       "sum, sum of squares, max |x|", reductions, false
+      "swiglu and exp, sigmoid, silu, softplus forward+backward", elementwise, true
       "adamw", adamW, true
       "attention forward D=64", attnF64, false
       "attention forward D=40", attnF40, false
