@@ -84,6 +84,16 @@ let tests =
                     | other -> failtest $"expected a --calib-text error, got {other}"
                     Directory.Delete(dir, true)
                 }
+            test "a calibration text that is not clean UTF-8 and a missing overlap check are warned about" {
+                let dir, teacher, calib = setup ()
+                let bytes = File.ReadAllBytes calib
+                bytes[40] <- 0xffuy
+                File.WriteAllBytes(calib, bytes)
+                let p = prepared (request teacher Convert.InitStrategy.TaylorCalibrate (Some calib) 2)
+                Expect.exists p.Warnings (fun w -> w.Contains "calib.txt: invalid UTF-8 at byte offset 40") $"names file and offset: {p.Warnings}"
+                Expect.exists p.Warnings (fun w -> w.Contains "no --eval-text") "says the overlap was not checked"
+                Directory.Delete(dir, true)
+            }
             test "calibration options without a calibration text are refused by name" {
                 let dir, teacher, _ = setup ()
                 let r = request teacher Convert.InitStrategy.Naive None 2
