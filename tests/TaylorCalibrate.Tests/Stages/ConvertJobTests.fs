@@ -104,6 +104,23 @@ let tests =
                 Directory.Delete(dir, true)
             }
         ]
+        test "convert does prepare, takeOutput and run in one call, and returns input errors as values" {
+            let dir, teacher, calib = setup ()
+            let out = Path.Combine(dir, "s")
+            let r = { request teacher Convert.InitStrategy.TaylorInit (Some calib) 2 with Seed = 3 }
+            match ConvertJob.convert (Backends.cpu.Get()) r out false CancellationToken.None with
+            | Ok o ->
+                Expect.equal o.Directory out "into --out"
+                Expect.equal o.Report.Layers.Length 2 "both converted layers reported"
+                Expect.isSome o.Report.Layers[0].Convert.Phase1 "taylor-init ran Phase 1"
+                for f in [ StudentIo.weightsFile; "config.json"; "report.json"; "report.html" ] do
+                    Expect.isTrue (File.Exists(Path.Combine(out, f))) $"{f} written"
+            | Error e -> failtest (InputError.describe e)
+            match ConvertJob.convert (Backends.cpu.Get()) r out false CancellationToken.None with
+            | Error(InvalidOption("--out", why)) -> Expect.stringContains why "not empty" "a second run into the same --out is refused"
+            | other -> failtest $"expected --out refused, got {other}"
+            Directory.Delete(dir, true)
+        }
         testList "resume settings" [
             test "a resume with other settings is refused in one line naming the setting and both values" {
                 let dir, teacher, calib = setup ()
