@@ -364,8 +364,8 @@ let private study (args: ParseResults<StudyArgs>) =
     use be = openDevice (args.TryGetResult StudyArgs.Device)
     let r = recipe
     let recipeText =
-        $"Recipe (the same for both inits): keep fraction {r.KeepFraction}; Stage 1 : Stage 2 = 1:6 of each teacher's token budget; Stage 1 lr {r.Stage1Lr} cosine; Stage 2 lr {r.Stage2LrAttention} (attention/GDN) and {r.Stage2LrRest} (rest), constant (10x the method's 1e-4 / 7e-6: the budgets are a few hundred steps); rows of 256 x batch {r.Batch}; {r.AlignSteps} alignment steps; calibrate-plus on {r.Ablation.PlusFitTokens} fit + {r.Ablation.PlusDevTokens} dev tokens, {r.Ablation.PlusSteps} steps; held-out PPL on the first {r.EvalMaxTokens} tokens; {r.Seeds} seed(s). Budgets: "
-        + (teachers |> List.map (fun t -> $"{t.Name} {t.Tokens} tokens, evaluated every {t.CheckpointEvery}") |> String.concat "; ") + "."
+        $"Recipe (the same for both inits): keep fraction {r.KeepFraction}; Stage 1 : Stage 2 = 1:6 of each teacher's token budget; Stage 1 lr {r.Stage1Lr} cosine; Stage 2 lr {r.Stage2LrAttention} (attention/GDN) and {r.Stage2LrRest} (rest), constant (10x the method's 1e-4 / 7e-6: the budgets are a few hundred steps); rows of 256 x batch {r.Batch}; {r.Seeds} seed(s). Per teacher: "
+        + (teachers |> List.map (fun t -> $"{t.Name}: {t.Tokens} tokens, evaluated every {t.CheckpointEvery} on the first {t.EvalMaxTokens} held-out tokens, {t.AlignSteps} alignment steps, calibrate-plus on {t.Plus.PlusFitTokens} fit + {t.Plus.PlusDevTokens} dev tokens and {t.Plus.PlusSteps} steps") |> String.concat "; ") + "."
     let pairs = [ for p in policies do for t in teachers -> t, p ]
     let pairLabel (t: Study.TeacherSetting, p) = $"{t.Name} / {LayerSelection.Policy.name p}"
     let skipped = [ for n in wanted do if not (teachers |> List.exists (fun t -> t.Name = n)) then yield $"{n}: every policy (teacher not present)" ]

@@ -34,7 +34,12 @@ type TeacherSetting =
       /// Stage 1 + Stage 2 tokens per student, and tokens between evaluations.
       Tokens: int64
       CheckpointEvery: int64
-      SeqLen: int }
+      SeqLen: int
+      /// Phase-2 alignment steps (token budget, GA-S2 and the ablation) and held-out tokens evaluated.
+      AlignSteps: int
+      EvalMaxTokens: int
+      /// calibrate-plus's calibration budget in the ablation.
+      Plus: ZeroShotAblation.AblationOptions }
 
 /// The recipe shared by every pair (the same for both inits).
 type Recipe =
@@ -43,27 +48,27 @@ type Recipe =
       Stage2LrAttention: float32
       Stage2LrRest: float32
       Batch: int
-      AlignSteps: int
-      EvalMaxTokens: int
       Seeds: int
-      Ablation: ZeroShotAblation.AblationOptions }
+      Quick: bool }
 
 module Recipe =
     /// Stage 2 at ten times the method's rates (1e-3 attention/GDN, 1e-4 rest, as the demo): the study's
     /// budgets are a few hundred steps, too short for 1e-4/7e-6 to move these small models.
-    let full =
-        { KeepFraction = 0.25; Stage1Lr = 1e-3f; Stage2LrAttention = 1e-3f; Stage2LrRest = 1e-4f; Batch = 8; AlignSteps = 300
-          EvalMaxTokens = 16384; Seeds = 1
-          Ablation = { ZeroShotAblation.AblationOptions.defaults with PlusFitTokens = 8192; PlusDevTokens = 2048; PlusSteps = 300 } }
-    /// A smoke run of minutes: fewer alignment steps and held-out tokens.
-    let quick =
-        { full with AlignSteps = 60; EvalMaxTokens = 4096
-                    Ablation = { full.Ablation with AlignSteps = 60; PlusFitTokens = 2048; PlusDevTokens = 1024; PlusSteps = 60 } }
+    let full = { KeepFraction = 0.25; Stage1Lr = 1e-3f; Stage2LrAttention = 1e-3f; Stage2LrRest = 1e-4f; Batch = 8; Seeds = 1; Quick = false }
+    /// A smoke run of minutes: a quarter of the token budgets, 60 alignment steps, 4096 held-out tokens.
+    let quick = { full with Quick = true }
 
-/// The four teacher settings; stories260K only when ../shared holds it. `quick` quarters the token budgets.
+/// The four teacher settings; stories260K only when ../shared holds it. The in-house teachers get smaller
+/// budgets (fewer tokens and alignment steps): their converted layers carry little of their PPL, so every
+/// student starts within a few per cent of the teacher. `quick` quarters the token budgets.
 let teachers (shared: string option) (cacheDir: string) (textsDir: string) (corpora: string option) (quick: bool)
         : Result<TeacherSetting list * string list, InputError> =
     let scale (n: int64) = if quick then n / 4L else n
+    let steps n = if quick then 60 else n
+    let evalTokens n = if quick then 4096 else n
+    let plus fit dev n : ZeroShotAblation.AblationOptions =
+        if quick then { ZeroShotAblation.AblationOptions.defaults with AlignSteps = 60; PlusFitTokens = 2048; PlusDevTokens = 1024; PlusSteps = 60 }
+        else { ZeroShotAblation.AblationOptions.defaults with AlignSteps = steps n; PlusFitTokens = fit; PlusDevTokens = dev; PlusSteps = n }
     let notes = Collections.Generic.List<string>()
     let stories =
         match shared with
@@ -80,7 +85,9 @@ let teachers (shared: string option) (cacheDir: string) (textsDir: string) (corp
                 [ { Name = "stories260K"; Path = Path.Combine(root, "models", "stories260K", "stories260K.bin")
                     CalibText = write "tinystories-calib.txt" split.HeldOut; TrainText = write "tinystories-train.txt" split.Train
                     EvalText = Path.Combine(root, "data", "tinystories", "valid-far.txt")
-                    Tokens = scale 229376L; CheckpointEvery = scale 24576L; SeqLen = 256 } ])
+                    Tokens = scale 229376L; CheckpointEvery = scale 24576L; SeqLen = 256
+                    AlignSteps = steps 300; EvalMaxTokens = evalTokens 16384
+                    Plus = plus 8192 2048 300 } ])
         | _ ->
             notes.Add "stories260K skipped: ../shared/models/stories260K/stories260K.bin is not here"
             Ok []
@@ -99,7 +106,9 @@ let teachers (shared: string option) (cacheDir: string) (textsDir: string) (corp
             |> Result.map (fun t ->
                 [ for n in present ->
                     { Name = n; Path = Path.Combine(cacheDir, n); CalibText = t.Calib; TrainText = t.Train; EvalText = t.Eval
-                      Tokens = scale 57344L; CheckpointEvery = scale 8192L; SeqLen = 256 } ])
+                      Tokens = scale 28672L; CheckpointEvery = scale 4096L; SeqLen = 256
+                      AlignSteps = steps 100; EvalMaxTokens = evalTokens 8192
+                      Plus = plus 4096 1024 100 } ])
     match stories, inHouse with
     | Error e, _ | _, Error e -> Error e
     | Ok a, Ok b -> Ok(a @ b, List.ofSeq notes)
@@ -133,7 +142,7 @@ let private writeAblation (path: string) (rows: ZeroShotAblation.Row list) (kept
     AtomicFile.writeText path (o.ToJsonString(JsonSerializerOptions(WriteIndented = true)))
 
 /// The ablation's other inits (naive and taylor-calibrate come from the token budget's zero-shot points).
-let private runAblation (be: IBackend) (recipe: Recipe) (t: TeacherSetting) (kept: int list) strategies
+let private runAblation (be: IBackend) (t: TeacherSetting) (kept: int list) strategies
                         (report: TokenBudget.Event -> unit) ct : Result<ZeroShotAblation.Row list, InputError> =
     match ModelFiles.loadTeacher t.Path with
     | Error e -> Error e
@@ -142,11 +151,11 @@ let private runAblation (be: IBackend) (recipe: Recipe) (t: TeacherSetting) (kep
     | Error e, _, _ | _, Error e, _ | _, _, Error e -> Error e
     | Ok tok, Ok calib, Ok evalDocs ->
         // The same held-out set as Distill's evaluations (DistillInputs: the first EvalMaxTokens tokens).
-        let stream = Corpus.tokenStreamUpTo tok (Some recipe.EvalMaxTokens) evalDocs
-        Perplexity.prepare t.EvalText teacher.Config stream None (Some recipe.EvalMaxTokens)
+        let stream = Corpus.tokenStreamUpTo tok (Some t.EvalMaxTokens) evalDocs
+        Perplexity.prepare t.EvalText teacher.Config stream None (Some t.EvalMaxTokens)
         |> Result.bind (fun set ->
             ZeroShotAblation.run be teacher tok t.CalibText calib (t.EvalText, evalDocs) set kept
-                { recipe.Ablation with AlignSteps = recipe.AlignSteps } strategies (fun m -> report (TokenBudget.Note m)) ct)
+                { t.Plus with AlignSteps = t.AlignSteps } strategies (fun m -> report (TokenBudget.Note m)) ct)
 
 /// Runs (or resumes) one pair.
 let runPair (be: IBackend) (recipe: Recipe) (out: string) (t: TeacherSetting) (policy: LayerSelection.Policy)
@@ -155,9 +164,12 @@ let runPair (be: IBackend) (recipe: Recipe) (out: string) (t: TeacherSetting) (p
     let s =
         { TokenBudget.Settings.defaults t.Path policy recipe.KeepFraction t.Tokens t.CheckpointEvery t.CalibText t.TrainText t.EvalText with
             Seeds = recipe.Seeds; SeqLen = t.SeqLen; Batch = recipe.Batch; Stage1Lr = recipe.Stage1Lr
-            Stage2LrAttention = recipe.Stage2LrAttention; Stage2LrRest = recipe.Stage2LrRest; AlignSteps = recipe.AlignSteps
-            EvalMaxTokens = Some recipe.EvalMaxTokens }
-    TokenBudget.run be s (Path.Combine(dir, "token-budget")) report ct
+            Stage2LrAttention = recipe.Stage2LrAttention; Stage2LrRest = recipe.Stage2LrRest; AlignSteps = t.AlignSteps
+            EvalMaxTokens = Some t.EvalMaxTokens }
+    let siblings =
+        [ for other in LayerSelection.Policy.names do
+            if other <> LayerSelection.Policy.name policy then yield Path.Combine(out, "pairs", $"{t.Name}-{other}") ]
+    TokenBudget.runReusing be s (Path.Combine(dir, "token-budget")) [ for d in siblings -> Path.Combine(d, "token-budget") ] report ct
     |> Result.bind (fun outcome ->
         TokenBudgetResult.write (Path.Combine(dir, "token-budget")) outcome
         let zeroShotOf init =
@@ -165,10 +177,20 @@ let runPair (be: IBackend) (recipe: Recipe) (out: string) (t: TeacherSetting) (p
         let fromBudget = [ for i in TokenBudget.inits -> Convert.InitStrategy.name i, zeroShotOf i ]
         let path = Path.Combine(dir, ablationFile)
         let others = Convert.InitStrategy.all |> List.except TokenBudget.inits
+        // Another policy's pair that kept the same layers has the same ablation.
+        let sibling =
+            siblings |> List.map (fun d -> Path.Combine(d, ablationFile))
+            |> List.tryFind (fun p ->
+                File.Exists p &&
+                (try [ for e in (JsonNode.Parse(File.ReadAllText p)).["kept_layers"].AsArray() -> e.GetValue<int>() ] = outcome.Kept with _ -> false))
+        sibling |> Option.iter (fun p ->
+            if not (File.Exists path) then
+                report (TokenBudget.Note $"reusing the zero-shot ablation of {p}: the same kept layers")
+                File.Copy(p, path))
         let ablation =
             if File.Exists path then Ok(readAblation path)
             else
-                runAblation be recipe t outcome.Kept others report ct
+                runAblation be t outcome.Kept others report ct
                 |> Result.map (fun rows ->
                     writeAblation path rows outcome.Kept
                     [ for r in rows -> Convert.InitStrategy.name r.Strategy, r.Perplexity ])

@@ -295,8 +295,42 @@ let validate (s: Settings) : Result<unit, InputError> =
             Error(InvalidOption("--tokens", $"{s.Tokens} split {a}:{b} gives Stage 1 {s1} and Stage 2 {s2} tokens; each needs at least one step of {step} (batch x seq-len)"))
         else Ok()
 
-/// Runs the experiment into `out` (see the module comment).
-let run (be: IBackend) (s: Settings) (out: string) (report: Event -> unit) (ct: CancellationToken) : Result<Outcome, InputError> =
+let private copyTree (src: string) (dst: string) =
+    let partial = dst + ".partial"
+    if Directory.Exists partial then Directory.Delete(partial, true)
+    for d in Directory.GetDirectories(src, "*", SearchOption.AllDirectories) do
+        Directory.CreateDirectory(Path.Combine(partial, Path.GetRelativePath(src, d))) |> ignore
+    Directory.CreateDirectory partial |> ignore
+    for f in Directory.GetFiles(src, "*", SearchOption.AllDirectories) do
+        if not (DirectoryLock.isLockFile f) then File.Copy(f, Path.Combine(partial, Path.GetRelativePath(src, f)))
+    Directory.Move(partial, dst)
+
+/// Copies the finished students and runs of `other` (an experiment folder) into `out` when `other` differs
+/// from these settings only in the policy and kept the same layers: the runs would be the same bits.
+let private reuseFrom (s: Settings) (out: string) (kept: int list) (other: string) (report: Event -> unit) =
+    let settingsPath, selectionPath = Path.Combine(other, settingsFile), Path.Combine(other, "selection.json")
+    let sameSettings () =
+        try
+            let o = JsonNode.Parse(File.ReadAllText settingsPath).AsObject()
+            Settings.identity s |> List.forall (fun (k, v) -> k = "policy" || (match o[k] with null -> false | n -> n.GetValue<string>() = v))
+        with _ -> false
+    let sameKept () = match LayerSelectionFile.read selectionPath with Ok sel -> sel.Kept = kept | Error _ -> false
+    if Path.GetFullPath other <> Path.GetFullPath out && File.Exists settingsPath && File.Exists selectionPath && sameSettings () && sameKept () then
+        for seed in 0 .. s.Seeds - 1 do
+            for init in inits do
+                let name = runName init seed
+                let finished = Path.Combine(other, "runs", name, "stage2", DistillInputs.provenanceFile)
+                let dstStudent, dstRun = Path.Combine(out, "students", name), Path.Combine(out, "runs", name)
+                if File.Exists finished && not (Directory.Exists dstRun) && not (Directory.Exists dstStudent) then
+                    report (Note $"reusing {name} from {other}: the same settings and kept layers {kept}")
+                    Directory.CreateDirectory(Path.Combine(out, "students")) |> ignore
+                    Directory.CreateDirectory(Path.Combine(out, "runs")) |> ignore
+                    copyTree (Path.Combine(other, "students", name)) dstStudent
+                    copyTree (Path.Combine(other, "runs", name)) dstRun
+
+/// Runs the experiment into `out` (see the module comment), first copying finished runs of the same
+/// settings and kept layers from any of the folders `reuse` (another policy's experiment, say).
+let runReusing (be: IBackend) (s: Settings) (out: string) (reuse: string list) (report: Event -> unit) (ct: CancellationToken) : Result<Outcome, InputError> =
     let watch = Stopwatch.StartNew()
     result {
         do! validate s
@@ -308,6 +342,7 @@ let run (be: IBackend) (s: Settings) (out: string) (report: Event -> unit) (ct: 
         let! calib = calibrationBatch s teacher.Config tok texts
         do! checkOut out s
         let! kept = select be s out teacher tok texts calib report ct
+        do reuse |> List.iter (fun other -> reuseFrom s out kept other report)
         let converted = [ 0 .. teacher.Config.Layers - 1 ] |> List.except kept
         // The teacher trace is only needed for students not yet converted.
         let trace =
@@ -324,3 +359,7 @@ let run (be: IBackend) (s: Settings) (out: string) (report: Event -> unit) (ct: 
             (ofJson (File.ReadAllText st1)).TeacherPerplexity
         return { Settings = s; Kept = kept; Layers = teacher.Config.Layers; TeacherPerplexity = teacherPpl; Runs = done'
                  Seconds = watch.Elapsed.TotalSeconds } }
+
+/// Runs the experiment into `out` (see the module comment).
+let run (be: IBackend) (s: Settings) (out: string) (report: Event -> unit) (ct: CancellationToken) : Result<Outcome, InputError> =
+    runReusing be s out [] report ct
