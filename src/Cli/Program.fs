@@ -38,7 +38,7 @@ type Command =
             | Select_Layers _ -> "choose the layers that keep softmax attention (uniform | ar | ga-s2); writes the file `convert --keep-from` reads"
             | Train_Teacher _ -> "train a Llama/Qwen2/Qwen3 decoder from scratch on text; writes a Hugging Face directory"
             | Distill _ -> "distil a student against its teacher: --stage 1 (per layer) or 2 (end-to-end KL), checkpoints, learning curve"
-            | Experiment _ -> "experiments: `experiment ablation` (zero-shot PPL of the five init strategies)"
+            | Experiment _ -> "experiments: `experiment ablation` (zero-shot PPL by init), `experiment token-budget`, `experiment study`"
             | Verbose -> "print stack traces of errors"
 
 let private dispatch (results: ParseResults<Command>) =
