@@ -260,6 +260,7 @@ let run (be: IBackend) (r: Request) (progress: Event -> unit) (ct: CancellationT
         let summary : Demo.DemoSummary =
             { Teacher = r.Teacher; KeptLayers = kept; TeacherLayers = c.Layers; EvalText = evalText; EvalMaxTokens = r.EvalMaxTokens
               TeacherPerplexity = teacherPpl; NaivePerplexity = naive.Perplexity; TaylorPerplexity = tc.Perplexity
+              Stage2 = ({ Tokens = r.DistillTokens; SeqLen = r.SeqLen; LrAttention = r.LrAttention; LrRest = r.LrRest } : Demo.Stage2Recipe)
               Naive = naiveCurve; Taylor = tcCurve; Ratio = Demo.tokenRatio naiveCurve tcCurve
               StepSeconds = List.ofSeq timings @ [ "total", total.Elapsed.TotalSeconds ] }
         Demo.writeReport r.Out summary
