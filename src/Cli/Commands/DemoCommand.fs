@@ -137,6 +137,7 @@ let run (args: ParseResults<Args>) =
         try
             AnsiConsole.Progress()
                 .AutoClear(true)
+                .HideCompleted(true)
                 .Columns(TaskDescriptionColumn(), ProgressBarColumn(), PercentageColumn(), ElapsedTimeColumn())
                 .Start(fun ctx -> DemoJob.run be request (show ctx) cts.Token)
             |> orFail
