@@ -42,6 +42,8 @@ module InitStrategy =
     let usesPhase2 = function InitStrategy.AlignmentOnly | InitStrategy.TaylorCalibrate -> true | _ -> false
     /// Any alignment (Phase 2 or calibrate-plus's): persisted per layer, resumable.
     let aligns s = usesPhase2 s || s = InitStrategy.CalibratePlus
+    /// naive and zero-gate are functions of the teacher's weights alone: they read no teacher trace.
+    let needsTrace = function InitStrategy.Naive | InitStrategy.ZeroGate -> false | _ -> true
 
 /// Everything a conversion is parameterised by.
 type ConvertOptions =
@@ -82,6 +84,10 @@ type Hooks =
 module Hooks =
     let none = { Resume = (fun _ -> None); LayerAligned = (fun _ _ _ -> ()); Step = (fun _ _ _ -> ()); LayerStarted = ignore }
 
+/// zero-gate's W_g = 0 (docs/method.md §5); every other strategy keeps the skeleton's fresh gate.
+let private gateInit (o: ConvertOptions) (naive: GdnWeights) =
+    if o.Strategy = InitStrategy.ZeroGate then { naive with Wg = Array.zeroCreate naive.Wg.Length } else naive
+
 /// Converts: the student and one report per converted layer. `dev` is the trace of held-out calibration text
 /// (calibrate-plus selects on it; the published strategies ignore it).
 let runWith (be: IBackend) (teacher: Teacher) (trace: TeacherTrace) (dev: TeacherTrace option) (kept: int list) (o: ConvertOptions)
@@ -95,8 +101,7 @@ let runWith (be: IBackend) (teacher: Teacher) (trace: TeacherTrace) (dev: Teache
             let watch = Stopwatch.StartNew()
             hooks.LayerStarted i
             let tr = trace.Layers[i]
-            let afterGate =
-                if o.Strategy = InitStrategy.ZeroGate then { naive with Wg = Array.zeroCreate naive.Wg.Length } else naive
+            let afterGate = gateInit o naive
             let afterPhase1, phase1 =
                 if InitStrategy.usesPhase1 o.Strategy then
                     let w, info = TaylorInit.apply o.Taylor be c tr trace.B trace.T afterGate
@@ -130,3 +135,11 @@ let runWith (be: IBackend) (teacher: Teacher) (trace: TeacherTrace) (dev: Teache
 /// Converts without held-out calibration text.
 let run (be: IBackend) (teacher: Teacher) (trace: TeacherTrace) (kept: int list) (o: ConvertOptions) (hooks: Hooks) (ct: CancellationToken) =
     runWith be teacher trace None kept o hooks ct
+
+/// naive or zero-gate without a calibration batch: the same student `runWith` builds, from the teacher's weights
+/// alone, with nothing measured (no trace, so no per-layer report).
+let runUntraced (teacher: Teacher) (kept: int list) (o: ConvertOptions) : Student =
+    if InitStrategy.needsTrace o.Strategy then
+        invalidArg (nameof o) $"{InitStrategy.name o.Strategy} calibrates on a teacher trace; use runWith"
+    let skeleton = Skeleton.build teacher kept o.Expand o.Seed
+    { skeleton with Gdn = skeleton.Gdn |> Map.map (fun _ w -> gateInit o w); Init = InitStrategy.name o.Strategy }
