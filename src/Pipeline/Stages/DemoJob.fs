@@ -2,8 +2,8 @@
 /// 1. lists the devices and checks a GEMM on the chosen one against a double-precision product;
 /// 2. writes the texts (the built-in corpus split by document, Demo.writeTexts) or takes the given ones;
 /// 3. the teacher's zero-shot held-out PPL;
-/// 4, 5. converts the teacher naive and Taylor-Calibrate (docs/method.md §5, uniform policy §6) and evaluates
-///    both students zero-shot;
+/// 4, 5. converts the teacher naive and Taylor-Calibrate (ConvertJob; docs/method.md §5, uniform policy §6)
+///    and evaluates both students zero-shot;
 /// 6, 7. a Stage-2 distillation (docs/method.md §7) of both students with one budget and one recipe, each
 ///    evaluated on the held-out text at every checkpoint;
 /// and writes the report (Demo.writeReport). It says what it does through `Event`s; it prints nothing.
@@ -144,38 +144,22 @@ let private perplexity (be: IBackend) (path: string) (evalText: string) (maxToke
             let report = { new IProgress<Perplexity.Progress> with member _.Report p = progress (Evaluating(p.WindowsDone, p.Windows)) }
             (Perplexity.evaluateModel model None set (Some report) ct).Perplexity))
 
-/// Converts `teacher` with `strategy` into `dir`: the calibration batch (docs/method.md §5.1), the teacher
-/// trace of the converted layers, the conversion and the saved student.
-let private convertInto (be: IBackend) (teacherPath: string) (teacher: Teacher) (kept: int list) (strategy: Convert.InitStrategy)
+/// Converts the teacher with `strategy` into `dir` (ConvertJob: the student, report.json and report.html).
+let private convertInto (be: IBackend) (teacherPath: string) (kept: int list) (strategy: Convert.InitStrategy)
                         (calib: string) (evalText: string) (steps: int) (dir: string) (progress: Event -> unit) ct =
-    let c = teacher.Config
-    let converted = [ 0 .. c.Layers - 1 ] |> List.except kept
-    ModelFiles.tokenizerPathFor teacherPath c.Vocab
-    |> Result.bind (fun tokPath -> ModelFiles.tokenizerFor teacherPath c None |> Result.map (fun tok -> tokPath, tok))
-    |> Result.bind (fun (tokPath, tok) ->
-        Corpus.readDocuments calib
-        |> Result.bind (fun calibDocs -> Corpus.readDocuments evalText |> Result.map (fun evalDocs -> calibDocs, evalDocs))
-        |> Result.bind (fun (calibDocs, evalDocs) -> Calibration.build Calibration.CalibrationOptions.defaults tok calib calibDocs (Some(evalText, evalDocs)))
-        |> Result.map (fun batch ->
-            use dt = new DeviceDecoder(be, teacher)
-            let trace = TeacherTrace.runStreamed dt batch converted TeacherTrace.windowChunks
-            let o = { Convert.ConvertOptions.defaults strategy with Align = { Align.AlignOptions.defaults with Steps = steps } }
-            let total = if Convert.InitStrategy.usesPhase2 strategy then steps else 0
-            let hooks =
-                { Convert.Hooks.none with
-                    LayerStarted = (fun i -> progress (LayerStarted(i, List.findIndex ((=) i) converted, converted.Length)))
-                    Step = (fun i s loss -> progress (Aligning(i, s, total, loss))) }
-            let student, _ = Convert.runWith be teacher trace None kept o hooks ct
-            StudentIo.save dir student (Some tokPath)))
-
-/// Sequencing of results: the first InputError stops the job.
-type private ResultBuilder() =
-    member _.Bind(r: Result<'a, InputError>, f: 'a -> Result<'b, InputError>) = Result.bind f r
-    member _.Return(v: 'a) : Result<'a, InputError> = Ok v
-    member _.ReturnFrom(r: Result<'a, InputError>) = r
-    member _.Zero() : Result<unit, InputError> = Ok()
-
-let private result = ResultBuilder()
+    let request =
+        { ConvertJob.Request.defaults teacherPath (ConvertJob.Layers kept) strategy (Some calib) with
+            EvalText = Some evalText; Steps = Some steps }
+    ConvertJob.prepare request
+    |> Result.bind (fun p -> ConvertJob.takeOutput p dir false |> Result.map (fun o -> p, o))
+    |> Result.map (fun (p, o) ->
+        use o = o
+        let total = if Convert.InitStrategy.usesPhase2 strategy then p.Steps else 0
+        let show = function
+            | ConvertJob.LayerStarted i -> progress (LayerStarted(i, List.findIndex ((=) i) p.Converted, p.Converted.Length))
+            | ConvertJob.Aligning(i, s, loss) -> progress (Aligning(i, s, total, loss))
+            | _ -> ()
+        ConvertJob.run be p o show ct |> ignore)
 
 /// Runs the whole job on `be` (see the module comment). Every input is checked before `Out` is touched.
 let run (be: IBackend) (r: Request) (progress: Event -> unit) (ct: CancellationToken) : Result<Demo.DemoSummary, InputError> =
@@ -189,7 +173,7 @@ let run (be: IBackend) (r: Request) (progress: Event -> unit) (ct: CancellationT
         progress (StepFinished(i, sw.Elapsed.TotalSeconds, total.Elapsed.TotalSeconds))
         outcome
     let given = match r.Texts with Given(c, t, e) -> [ "--calib-text", c; "--train-text", t; "--eval-text", e ] | SplitCorpus _ -> []
-    result {
+    inputResult {
         do! validate r
         do! match given |> List.tryFind (fun (_, p) -> not (File.Exists p || Directory.Exists p)) with
             | Some(option, p) -> Error(InvalidOption(option, $"{p}: file not found"))
@@ -234,7 +218,7 @@ let run (be: IBackend) (r: Request) (progress: Event -> unit) (ct: CancellationT
             let name = Convert.InitStrategy.name strategy
             step i $"converting with the {name} init: attention kept in layer(s) {kept}, layers {converted} become Gated DeltaNet; zero-shot PPL" (fun () ->
                 let dir = Path.Combine(r.Out, name)
-                convertInto be r.Teacher teacher kept strategy calib evalText r.AlignSteps dir progress ct
+                convertInto be r.Teacher kept strategy calib evalText r.AlignSteps dir progress ct
                 |> Result.bind (fun () -> perplexity be dir evalText r.EvalMaxTokens progress ct)
                 |> Result.map (fun ppl ->
                     progress (Note $"{name} student: zero-shot PPL {ppl:F3} ({ppl / teacherPpl:F3}x the teacher's)")
