@@ -99,7 +99,8 @@ let tests =
             Expect.notEqual s.NaivePerplexity s.TaylorPerplexity "two different students"
             Expect.equal [ for p in s.Taylor.Points -> p.Tokens ] [ 0L; 2048L ] "checkpoint points"
             for f in [ Demo.markerName; "report.html"; "summary.json"; "zero-shot-ppl.svg"; "zero-shot-ppl.json"; "stage2-curves.svg"; "stage2-curves.json"
-                       Path.Combine("naive", "config.json"); Path.Combine("taylor-calibrate", "model.safetensors"); Path.Combine("naive-stage2", "curve.json") ] do
+                       Path.Combine("naive", "config.json"); Path.Combine("taylor-calibrate", "model.safetensors"); Path.Combine("taylor-calibrate", "report.html")
+                       Path.Combine("naive-stage2", "curve.json"); Path.Combine("naive-stage2", "curve.svg") ] do
                 Expect.isTrue (File.Exists(Path.Combine(out, f))) f
             use doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(out, "summary.json")))
             Expect.equal (doc.RootElement.GetProperty("zero_shot_perplexity").GetProperty("naive").GetDouble()) s.NaivePerplexity "summary.json holds the run's figure"
