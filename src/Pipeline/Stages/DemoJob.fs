@@ -154,6 +154,7 @@ let private convertInto (be: IBackend) (teacherPath: string) (kept: int list) (s
     |> Result.bind (fun p -> ConvertJob.takeOutput p dir false |> Result.map (fun o -> p, o))
     |> Result.map (fun (p, o) ->
         use o = o
+        for w in p.Warnings do progress (Note $"warning: {w}")
         let total = if Convert.InitStrategy.usesPhase2 strategy then p.Steps else 0
         let show = function
             | ConvertJob.LayerStarted i -> progress (LayerStarted(i, List.findIndex ((=) i) p.Converted, p.Converted.Length))
