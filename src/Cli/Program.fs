@@ -27,7 +27,7 @@ type Command =
         member c.Usage =
             match c with
             | Devices _ -> "list Vulkan devices and the CPU backend, marking the `auto` choice"
-            | Demo _ -> "the main job on built-in defaults: devices, a checked GEMM, and stories260K converted naive vs Taylor-Calibrate"
+            | Demo _ -> "the main job on built-in defaults: a checked GEMM, the built-in teacher converted naive vs Taylor-Calibrate, Stage 2 of both, report.html"
             | Bench _ -> "benchmark kernels (medians after warm-up); --json writes machine-readable records"
             | Op _ -> "run one kernel on named tensors of a safetensors file (cross-checking); `op --help` lists the ops"
             | Inspect _ -> "describe a model: family, dimensions, heads, parameters, dtypes, tokenizer"

@@ -81,6 +81,16 @@ let describeRatio = function
     | Measured(n, _) | AtLeast(n, _) -> $"naive needed {n} tokens to reach its final PPL; taylor-calibrate was already there before any distillation: ratio unbounded (more than {n}/first checkpoint)"
     | NotReachedByTaylor -> "taylor-calibrate did not reach the naive student's final PPL within the budget"
 
+/// The Stage-2 recipe both students share.
+type Stage2Recipe =
+    { /// Training tokens per student.
+      Tokens: int64
+      /// Tokens per row.
+      SeqLen: int
+      /// Rates of the parameters named "attn" (GDN and kept attention) and of the rest.
+      LrAttention: float32
+      LrRest: float32 }
+
 /// Every figure of a demo run.
 type DemoSummary =
     { Teacher: string
@@ -91,6 +101,7 @@ type DemoSummary =
       TeacherPerplexity: float
       NaivePerplexity: float
       TaylorPerplexity: float
+      Stage2: Stage2Recipe
       Naive: Curve
       Taylor: Curve
       Ratio: TokenRatio
@@ -123,6 +134,9 @@ let toJson (s: DemoSummary) : string =
     o["zero_shot_perplexity"] <- JsonObject(dict [ "teacher", num s.TeacherPerplexity; "naive", num s.NaivePerplexity; "taylor_calibrate", num s.TaylorPerplexity ])
     o["naive_over_taylor_calibrate"] <- num (s.NaivePerplexity / s.TaylorPerplexity)
     o["gap_to_teacher_naive_over_taylor_calibrate"] <- num (gapRatio s)
+    o["stage2_recipe"] <-
+        JsonObject(dict [ "tokens", JsonValue.Create s.Stage2.Tokens :> JsonNode; "seq_len", JsonValue.Create s.Stage2.SeqLen
+                          "lr_attention", JsonValue.Create(float s.Stage2.LrAttention); "lr_rest", JsonValue.Create(float s.Stage2.LrRest) ])
     o["stage2_curves"] <- JsonObject(dict [ "naive", curveNode s.Naive; "taylor_calibrate", curveNode s.Taylor ])
     o["token_ratio"] <- ratio
     o["token_ratio_text"] <- JsonValue.Create(describeRatio s.Ratio)
@@ -149,6 +163,7 @@ let page (s: DemoSummary) : string =
         $"""<p>Teacher {enc s.Teacher} ({s.TeacherLayers} layers; attention kept in layer(s) {s.KeptLayers |> List.map string |> String.concat ", "}, the others converted to Gated DeltaNet).
 Held-out text {enc (Path.GetFileName s.EvalText)} (first {s.EvalMaxTokens} tokens).</p>
 <p>Zero-shot PPL: teacher {s.TeacherPerplexity:F3}, naive {s.NaivePerplexity:F3}, taylor-calibrate {s.TaylorPerplexity:F3} ({s.NaivePerplexity / s.TaylorPerplexity:F2}x lower than naive; the gap to the teacher is {gapRatio s:F1}x smaller).</p>
+<p>Stage 2, the same recipe for both students: {s.Stage2.Tokens} tokens in rows of {s.Stage2.SeqLen}, constant rates {s.Stage2.LrAttention} (attention/GDN) and {s.Stage2.LrRest} (rest).</p>
 <p>Token ratio: {enc (describeRatio s.Ratio)}.</p>"""
     let h1 = "<h1>taylor-calibrate demo</h1>"
     html.Replace(h1, h1 + "\n" + intro)

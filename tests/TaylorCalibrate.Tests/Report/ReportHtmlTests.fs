@@ -105,4 +105,19 @@ let tests =
             Expect.isFalse (SvgChart.hasData empty) "no drawable value on a log axis"
             Expect.throws (fun () -> SvgChart.render true empty |> ignore) "render refuses"
             Expect.stringContains (ReportHtml.page "p" [ empty ]) "No finite values to draw: nothing" "the page says so" }
+
+        test "standalone pictures (distill's curve.svg, the demo's charts) name no resource but the SVG namespace, and draw" {
+            let point tokens ppl : TaylorCalibrate.Pipeline.Distill.LearningCurve.CurvePoint =
+                { Step = int tokens; Tokens = tokens; Perplexity = ppl; Loss = nan; HeldOutKl = nan }
+            let curve : TaylorCalibrate.Pipeline.Distill.LearningCurve.Curve =
+                { Stage = 2; TeacherPerplexity = 10.0; Points = [ point 0L 60.0; point 100L 30.0; point 200L 20.0 ] }
+            let pictures =
+                ("distill curve.svg", TaylorCalibrate.Pipeline.Distill.LearningCurve.toSvg curve)
+                :: [ for ch in Demo.charts (TaylorCalibrate.Tests.Stages.DemoTests.sample ()) -> $"demo {ch.Title}", SvgChart.render true ch ]
+            for name, svg in pictures do
+                let withoutNamespace = svg.Replace("xmlns=\"http://www.w3.org/2000/svg\"", "")
+                for bad in [ "http:"; "https:"; "//cdn"; "src="; "href="; "@import"; "url(" ] do
+                    Expect.isFalse (withoutNamespace.Contains(bad, StringComparison.OrdinalIgnoreCase)) $"{name} contains '{bad}'"
+                let series = Regex.Matches(svg, "<(path|rect) class=\"series\"[^>]*>")
+                Expect.isGreaterThan series.Count 0 $"{name}: no series drawn" }
     ]

@@ -23,7 +23,8 @@ let sample () : Demo.DemoSummary =
     let naive = curve [ 0L, 400.0; 500L, 60.0; 1000L, 40.0 ]
     let taylor = curve [ 0L, 80.0; 500L, 30.0; 1000L, 20.0 ]
     { Teacher = "models/demo-teacher"; KeptLayers = [ 0 ]; TeacherLayers = 4; EvalText = "eval.txt"; EvalMaxTokens = 1024
-      TeacherPerplexity = 10.0; NaivePerplexity = 400.0; TaylorPerplexity = 80.0; Naive = naive; Taylor = taylor
+      TeacherPerplexity = 10.0; NaivePerplexity = 400.0; TaylorPerplexity = 80.0
+      Stage2 = { Tokens = 1000L; SeqLen = 100; LrAttention = 1e-3f; LrRest = 1e-4f }; Naive = naive; Taylor = taylor
       Ratio = Demo.tokenRatio naive taylor; StepSeconds = [ "convert", 1.5; "total", 3.0 ] }
 
 [<Tests>]
@@ -96,6 +97,7 @@ let tests =
             let html = File.ReadAllText(Path.Combine(d, "report.html"))
             Expect.stringContains html "2.5x fewer" "the ratio in words"
             Expect.stringContains html "5.00x lower than naive" "zero-shot gain"
+            Expect.stringContains html "1000 tokens in rows of 100" "the Stage-2 recipe"
             for f in [ "summary.json"; "zero-shot-ppl.svg"; "zero-shot-ppl.json"; "stage2-curves.svg"; "stage2-curves.json" ] do
                 Expect.isTrue (File.Exists(Path.Combine(d, f))) f
             Directory.Delete(d, true) } ]
