@@ -13,6 +13,9 @@
 ///      of it within `Steps` steps. On a large fit set the dev loss falls to the last step and no backoff happens;
 ///      on a tiny one (a few chunks, the whole set in every minibatch) the first rates overfit within the first
 ///      evaluation interval and the backoff is what lets the alignment help at all.
+///      If that alignment hit a plateau, the naive layer is aligned the same way as well and the start whose
+///      alignment reached the lower dev loss is kept (the closed form can be a start the alignment cannot
+///      improve on held-out text when the fit set is a few chunks).
 ///   4. A final o_proj refit, kept only if it lowers the dev loss.
 /// The fit and dev sets are teacher traces of disjoint documents (Calibration.buildSplit); without a dev set
 /// the fit set stands in for it (no held-out selection).
@@ -52,6 +55,9 @@ type PlusOptions =
       Backoffs: int
       /// Every learning rate is multiplied by this at each backoff.
       BackoffFactor: float32
+      /// When the alignment from the closed form hit a plateau, also align the naive layer and keep the
+      /// start with the lower dev loss.
+      NaiveFallback: bool
       LrProjections: float32
       LrGates: float32
       /// o_proj and o_norm; 0 keeps them frozen as in docs/method.md §5.3.
@@ -65,8 +71,14 @@ type PlusOptions =
 module PlusOptions =
     let defaults =
         { GuardedPhase1 = true; ExactGates = false; RefitOutput = true; Ridge = 1e-3; Steps = 600; MiniBatch = 4
-          EvalEvery = 25; Patience = 6; Backoffs = 2; BackoffFactor = 0.3f; LrProjections = 3e-4f; LrGates = 3e-3f; LrOutput = 1e-3f; WeightDecay = 0.01f
+          EvalEvery = 25; Patience = 6; Backoffs = 2; BackoffFactor = 0.3f; NaiveFallback = true; LrProjections = 3e-4f; LrGates = 3e-3f; LrOutput = 1e-3f; WeightDecay = 0.01f
           Beta1 = 0.9f; Beta2 = 0.999f; Epsilon = 1e-8f; ClipNorm = 1.0f }
+
+/// Where an alignment started: the guarded closed form, or the naive layer (the fallback).
+[<RequireQualifiedAccess>]
+type AlignmentStart =
+    | ClosedForm
+    | Naive
 
 /// What calibrate-plus did to one layer.
 type PlusResult =
@@ -83,6 +95,8 @@ type PlusResult =
       DevLosses: (int * float) list
       /// Learning-rate backoffs the alignment took.
       Backoffs: int
+      /// Where the returned alignment started.
+      Start: AlignmentStart
       /// Minibatch losses per step, best dev loss and its step, gradient norms (the report's alignment columns).
       Alignment: Align.AlignResult }
 
@@ -333,12 +347,22 @@ let run (o: PlusOptions) (taylor: TaylorInit.TaylorOptions) (be: IBackend) (c: M
     let dev = defaultArg dev fit
     use win = new Windows(be, dims, T, max 1 (min o.MiniBatch fit.B))
     let devNaive, (devClosed, closed), kept, info = closedForm o taylor be c win fit dev T naive
-    let aligned, result, devLosses, backoffs =
+    let fromClosed =
         if o.Steps > 0 then align o be c win fit dev T fit.Trace.Layer seed closed onStep ct
         else
             closed,
             { Layer = fit.Trace.Layer; Losses = [||]; BestLoss = devClosed; BestStep = 0; GradNorms = [||]; Seconds = 0.0 },
             [], 0
+    let (aligned, result, devLosses, backoffs), start =
+        let _, r, _, b = fromClosed
+        // A plateau from the closed-form start can mean that start is hard to train from (on a few fit chunks
+        // Phase 1's small output gate and a refitted o_proj leave the alignment nothing to gain on held-out
+        // text); then the naive layer, alignment-only's start, competes on the dev loss.
+        if o.NaiveFallback && b > 0 && devClosed < devNaive then
+            let (_, rn, _, _) as fromNaive = align o be c win fit dev T fit.Trace.Layer seed naive onStep ct
+            if rn.BestLoss < r.BestLoss then fromNaive, AlignmentStart.Naive else fromClosed, AlignmentStart.ClosedForm
+        else fromClosed, AlignmentStart.ClosedForm
+    let kept, info = if start = AlignmentStart.Naive then [], None else kept, info
     let devAligned = if o.Steps > 0 then result.BestLoss else devClosed
     let final, devFinal, refitKept =
         if o.RefitOutput && o.Steps > 0 then
@@ -347,4 +371,4 @@ let run (o: PlusOptions) (taylor: TaylorInit.TaylorOptions) (be: IBackend) (c: M
         else aligned, devAligned, false
     final,
     { Phase1Kept = kept; Phase1 = info; DevNaive = devNaive; DevClosedForm = devClosed; DevFinal = devFinal
-      FinalRefitKept = refitKept; DevLosses = devLosses; Backoffs = backoffs; Alignment = result }
+      FinalRefitKept = refitKept; DevLosses = devLosses; Backoffs = backoffs; Start = start; Alignment = result }
