@@ -1,6 +1,6 @@
 /// The calibrate-plus initialisation of one GDN layer: a closed-form phase that is checked against held-out
 /// calibration text before it is kept, then alignment on minibatches of a larger calibration set with the
-/// best state chosen on that held-out text.
+/// best state chosen on that held-out text (docs/method.md §5.5 states the recipe and its constants).
 ///   1. Guarded Phase 1: each Phase 1 component of docs/method.md §5.2 (gates from attention distance/entropy, the
 ///      OLS value scale, the small output gate) is kept only if it lowers the layer's dev loss.
 ///   2. o_proj ridge refit: given everything before it, y = W_o·u is linear in W_o, with u the normed, gated
