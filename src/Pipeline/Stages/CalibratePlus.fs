@@ -1,14 +1,21 @@
 /// The calibrate-plus initialisation of one GDN layer: a closed-form phase that is checked against held-out
 /// calibration text before it is kept, then alignment on minibatches of a larger calibration set with the
-/// best state chosen on that held-out text.
+/// best state chosen on that held-out text (docs/method.md §5.5 states the recipe and its constants).
 ///   1. Guarded Phase 1: each Phase 1 component of docs/method.md §5.2 (gates from attention distance/entropy, the
 ///      OLS value scale, the small output gate) is kept only if it lowers the layer's dev loss.
 ///   2. o_proj ridge refit: given everything before it, y = W_o·u is linear in W_o, with u the normed, gated
 ///      GDN read-out (B·T, H·hd); W_o solves the ridge normal equations on the fit set (Refit.fs).
 ///   3. Alignment: AdamW (Training/AdamW.fs, Trainer.step, groups from `rules`) on minibatches of T-token chunks of the fit set, loss mean((y − Y)²) after o_proj as
 ///      in docs/method.md §5.3, optionally training o_proj and o_norm too; the dev loss is measured every few steps,
-///      the parameters with the lowest dev loss are restored, and training stops after `Patience` evaluations
-///      without improvement.
+///      the parameters with the lowest dev loss are restored. After `Patience` evaluations without improvement
+///      the learning rates back off: the best state is restored and training goes on from it with every rate
+///      times `BackoffFactor` (fresh AdamW moments), at most `Backoffs` times; the next plateau stops it. All
+///      of it within `Steps` steps. On a large fit set the dev loss falls to the last step and no backoff happens;
+///      on a tiny one (a few chunks, the whole set in every minibatch) the first rates overfit within the first
+///      evaluation interval and the backoff is what lets the alignment help at all.
+///      If that alignment hit a plateau, the naive layer is aligned the same way as well and the start whose
+///      alignment reached the lower dev loss is kept (the closed form can be a start the alignment cannot
+///      improve on held-out text when the fit set is a few chunks).
 ///   4. A final o_proj refit, kept only if it lowers the dev loss.
 /// The fit and dev sets are teacher traces of disjoint documents (Calibration.buildSplit); without a dev set
 /// the fit set stands in for it (no held-out selection).
@@ -42,8 +49,15 @@ type PlusOptions =
       MiniBatch: int
       /// Dev loss every this many steps.
       EvalEvery: int
-      /// Stop after this many dev evaluations without improvement (0: run all steps).
+      /// A plateau is this many dev evaluations without improvement (0: never; run all steps).
       Patience: int
+      /// Learning-rate reductions on a plateau before the next one stops the alignment (0: stop at the first).
+      Backoffs: int
+      /// Every learning rate is multiplied by this at each backoff.
+      BackoffFactor: float32
+      /// When the alignment from the closed form hit a plateau, also align the naive layer and keep the
+      /// start with the lower dev loss.
+      NaiveFallback: bool
       LrProjections: float32
       LrGates: float32
       /// o_proj and o_norm; 0 keeps them frozen as in docs/method.md §5.3.
@@ -57,8 +71,14 @@ type PlusOptions =
 module PlusOptions =
     let defaults =
         { GuardedPhase1 = true; ExactGates = false; RefitOutput = true; Ridge = 1e-3; Steps = 600; MiniBatch = 4
-          EvalEvery = 25; Patience = 6; LrProjections = 3e-4f; LrGates = 3e-3f; LrOutput = 1e-3f; WeightDecay = 0.01f
+          EvalEvery = 25; Patience = 6; Backoffs = 2; BackoffFactor = 0.3f; NaiveFallback = true; LrProjections = 3e-4f; LrGates = 3e-3f; LrOutput = 1e-3f; WeightDecay = 0.01f
           Beta1 = 0.9f; Beta2 = 0.999f; Epsilon = 1e-8f; ClipNorm = 1.0f }
+
+/// Where an alignment started: the guarded closed form, or the naive layer (the fallback).
+[<RequireQualifiedAccess>]
+type AlignmentStart =
+    | ClosedForm
+    | Naive
 
 /// What calibrate-plus did to one layer.
 type PlusResult =
@@ -73,6 +93,10 @@ type PlusResult =
       FinalRefitKept: bool
       /// (step, dev loss) of every evaluation.
       DevLosses: (int * float) list
+      /// Learning-rate backoffs the alignment took.
+      Backoffs: int
+      /// Where the returned alignment started.
+      Start: AlignmentStart
       /// Minibatch losses per step, best dev loss and its step, gradient norms (the report's alignment columns).
       Alignment: Align.AlignResult }
 
@@ -204,9 +228,10 @@ let private closedForm (o: PlusOptions) (taylor: TaylorInit.TaylorOptions) (be: 
     fst asIs, best, kept, (if kept.IsEmpty then None else Some info)
 
 /// The parameter groups of calibrate-plus alignment: q/k/v_proj at LrProjections; A_log, dt_bias, a/b/g_proj
-/// at LrGates; o_proj and o_norm at LrOutput, or frozen as in docs/method.md §5.3 when it is 0.
-let rules (o: PlusOptions) : GroupRule list =
-    let train lr = Train { LearningRate = lr; WeightDecay = o.WeightDecay }
+/// at LrGates; o_proj and o_norm at LrOutput, or frozen as in docs/method.md §5.3 when it is 0; every rate
+/// times `scale` (1 at first, BackoffFactor^k after k backoffs).
+let rulesScaled (o: PlusOptions) (scale: float32) : GroupRule list =
+    let train lr = Train { LearningRate = lr * scale; WeightDecay = o.WeightDecay }
     [ { Group = "projections"
         Pattern = AnyOf [ EndsWith "q_proj.weight"; EndsWith "k_proj.weight"; EndsWith "v_proj.weight" ]
         Treatment = train o.LrProjections }
@@ -218,6 +243,9 @@ let rules (o: PlusOptions) : GroupRule list =
       { Group = "output"
         Pattern = AnyOf [ EndsWith "o_proj.weight"; EndsWith "o_norm.weight" ]
         Treatment = if o.LrOutput > 0f then train o.LrOutput else Freeze } ]
+
+/// The groups at the configured rates.
+let rules (o: PlusOptions) : GroupRule list = rulesScaled o 1f
 
 /// Alignment on minibatches of the fit set with dev-loss selection; returns the best weights.
 let private align (o: PlusOptions) (be: IBackend) (c: ModelConfig) (win: Windows) (fit: LayerSet) (dev: LayerSet) (T: int)
@@ -232,7 +260,8 @@ let private align (o: PlusOptions) (be: IBackend) (c: ModelConfig) (win: Windows
     let parameters = Align.layerParameters owner layer p
     let settings =
         { Beta1 = o.Beta1; Beta2 = o.Beta2; Epsilon = o.Epsilon; ClipNorm = Some o.ClipNorm; Schedule = Schedule.Constant }
-    use optimizer = new AdamW(settings, rules o, parameters)
+    let mutable optimizer = new AdamW(settings, rules o, parameters)
+    use _ = { new IDisposable with member _.Dispose() = (optimizer :> IDisposable).Dispose() }
     let trained = optimizer.Trained |> List.map (fun t -> t.Parameter)
     let grads = Grads trained
     let trainable = trained |> List.map (fun q -> q.Value)
@@ -269,11 +298,20 @@ let private align (o: PlusOptions) (be: IBackend) (c: ModelConfig) (win: Windows
         else sinceBest <- sinceBest + 1
     let mutable s = 0
     let mutable stop = false
+    let mutable backoffs = 0
     while s < o.Steps && not stop do
         ct.ThrowIfCancellationRequested()
         if s % o.EvalEvery = 0 then
             evaluate s
-            stop <- o.Patience > 0 && sinceBest >= o.Patience
+            if o.Patience > 0 && sinceBest >= o.Patience then
+                if backoffs < o.Backoffs then
+                    // Plateau: go on from the best state at lower rates; the old moments belong to the old rates.
+                    backoffs <- backoffs + 1
+                    copyTo false
+                    (optimizer :> IDisposable).Dispose()
+                    optimizer <- new AdamW(settings, rulesScaled o (pown o.BackoffFactor backoffs), parameters)
+                    sinceBest <- 0
+                else stop <- true
         if not stop then
             nextChunks () |> Array.iteri (fun i b ->
                 Array.blit fit.Trace.X (b * per) xs (i * per) per
@@ -300,7 +338,7 @@ let private align (o: PlusOptions) (be: IBackend) (c: ModelConfig) (win: Windows
     let result : Align.AlignResult =
         { Layer = layer; Losses = losses.ToArray(); BestLoss = best; BestStep = bestStep; GradNorms = gradNorms.ToArray()
           Seconds = watch.Elapsed.TotalSeconds }
-    Gdn.download p, result, List.ofSeq devLosses
+    Gdn.download p, result, List.ofSeq devLosses, backoffs
 
 /// calibrate-plus on one naive layer with its fit and dev traces (B chunks of T tokens each).
 let run (o: PlusOptions) (taylor: TaylorInit.TaylorOptions) (be: IBackend) (c: ModelConfig) (fit: LayerSet) (dev: LayerSet option)
@@ -309,12 +347,22 @@ let run (o: PlusOptions) (taylor: TaylorInit.TaylorOptions) (be: IBackend) (c: M
     let dev = defaultArg dev fit
     use win = new Windows(be, dims, T, max 1 (min o.MiniBatch fit.B))
     let devNaive, (devClosed, closed), kept, info = closedForm o taylor be c win fit dev T naive
-    let aligned, result, devLosses =
+    let fromClosed =
         if o.Steps > 0 then align o be c win fit dev T fit.Trace.Layer seed closed onStep ct
         else
             closed,
             { Layer = fit.Trace.Layer; Losses = [||]; BestLoss = devClosed; BestStep = 0; GradNorms = [||]; Seconds = 0.0 },
-            []
+            [], 0
+    let (aligned, result, devLosses, backoffs), start =
+        let _, r, _, b = fromClosed
+        // A plateau from the closed-form start can mean that start is hard to train from (on a few fit chunks
+        // Phase 1's small output gate and a refitted o_proj leave the alignment nothing to gain on held-out
+        // text); then the naive layer, alignment-only's start, competes on the dev loss.
+        if o.NaiveFallback && b > 0 && devClosed < devNaive then
+            let (_, rn, _, _) as fromNaive = align o be c win fit dev T fit.Trace.Layer seed naive onStep ct
+            if rn.BestLoss < r.BestLoss then fromNaive, AlignmentStart.Naive else fromClosed, AlignmentStart.ClosedForm
+        else fromClosed, AlignmentStart.ClosedForm
+    let kept, info = if start = AlignmentStart.Naive then [], None else kept, info
     let devAligned = if o.Steps > 0 then result.BestLoss else devClosed
     let final, devFinal, refitKept =
         if o.RefitOutput && o.Steps > 0 then
@@ -323,4 +371,4 @@ let run (o: PlusOptions) (taylor: TaylorInit.TaylorOptions) (be: IBackend) (c: M
         else aligned, devAligned, false
     final,
     { Phase1Kept = kept; Phase1 = info; DevNaive = devNaive; DevClosedForm = devClosed; DevFinal = devFinal
-      FinalRefitKept = refitKept; DevLosses = devLosses; Alignment = result }
+      FinalRefitKept = refitKept; DevLosses = devLosses; Backoffs = backoffs; Start = start; Alignment = result }

@@ -1,7 +1,9 @@
 /// calibrate-plus's pieces: the ridge normal equations recover a known linear map; the o_proj refit recovers
 /// the o_proj of a GDN layer that produced the target (the layer's output is linear in W_o); the whole
 /// per-layer procedure never ends above the naive layer's held-out loss and the weights it returns reproduce
-/// the held-out loss it reports (the best state is restored exactly); the calibration split holds out whole
+/// the held-out loss it reports (the best state is restored exactly); a plateau of the held-out loss backs the
+/// learning rates off instead of ending a hopeless alignment at its start, and after a plateau the naive start
+/// competes; the calibration split holds out whole
 /// trailing documents and leaves the fit part's leading tokens as the published batch.
 module TaylorCalibrate.Tests.Stages.CalibratePlusTests
 
@@ -104,6 +106,65 @@ let tests =
             // vs one pass, a few ulps of a ~1e-1 quantity.
             let again = mse (Align.layerOutput be config dev.Trace dev.B 24 w) dev.Trace.Output
             Expect.floatClose { absolute = 1e-7; relative = 1e-4 } again r.DevFinal "reported dev loss is the returned state's"
+        }
+
+        test "a plateau backs the learning rates off and the alignment then improves on its start" {
+            let be = Backends.cpu.Get()
+            let teacher = randomLayer 90
+            let fit = setFrom be teacher 100 2 24
+            let dev = setFrom be teacher 110 2 24
+            // The start is the teacher with its projections nudged by 0.01: close to the dev minimum (0). Rates of
+            // 0.5 move every weight by ~0.5 per AdamW step (the step is lr·m̂/√v̂ ≈ lr), far past that minimum, so no
+            // evaluation after the start can beat it; a factor of 1e-3 brings the rates to 5e-4, where AdamW descends.
+            let nudge seed (w: float32[]) = Array.map2 (+) w (Rand.normal seed 0.01 w.Length)
+            let naive = { teacher with Wq = nudge 121 teacher.Wq; Wk = nudge 122 teacher.Wk; Wv = nudge 123 teacher.Wv; Wo = nudge 124 teacher.Wo }
+            let o = { CalibratePlus.PlusOptions.defaults with
+                        GuardedPhase1 = false; RefitOutput = false; Steps = 60; MiniBatch = 2; EvalEvery = 5; Patience = 2
+                        LrProjections = 0.5f; LrGates = 0.5f; LrOutput = 0.5f; BackoffFactor = 1e-3f }
+            let _, stopped = CalibratePlus.run { o with Backoffs = 0 } TaylorInit.TaylorOptions.defaults be config fit (Some dev) 24 0 naive ignore2 CancellationToken.None
+            Expect.equal stopped.Backoffs 0 "no backoff allowed"
+            Expect.equal stopped.Alignment.BestStep 0 "the huge rates never beat the start"
+            Expect.equal stopped.Alignment.Losses.Length 10 "stopped at the first plateau: 2 evaluations after step 0"
+            let w, r = CalibratePlus.run o TaylorInit.TaylorOptions.defaults be config fit (Some dev) 24 0 naive ignore2 CancellationToken.None
+            Expect.isGreaterThanOrEqual r.Backoffs 1 "backed off"
+            Expect.isGreaterThan r.Alignment.BestStep 0 "a state after the start was chosen"
+            Expect.isLessThan r.DevFinal r.DevClosedForm "the backed-off alignment lowered the dev loss"
+            Expect.isLessThanOrEqual r.Alignment.Losses.Length o.Steps "all within the step budget"
+            // fp32 windowed sums vs one pass, a few ulps of a ~1e-1 quantity.
+            let again = mse (Align.layerOutput be config dev.Trace dev.B 24 w) dev.Trace.Output
+            Expect.floatClose { absolute = 1e-7; relative = 1e-4 } again r.DevFinal "the best state is the one returned"
+        }
+
+        test "after a plateau the naive start competes and the lower held-out loss wins" {
+            let be = Backends.cpu.Get()
+            let teacher = randomLayer 130
+            let fit = setFrom be teacher 140 6 24
+            let dev = setFrom be teacher 150 2 24
+            // As above: a nudged teacher (W_o nudged by 0.1) and rates that overshoot until the backoff. The o_proj
+            // refit on 6 × 24 rows undoes most of W_o's nudge, so the closed form differs from the naive layer and
+            // both starts are aligned.
+            let nudge seed (w: float32[]) = Array.map2 (+) w (Rand.normal seed 0.01 w.Length)
+            let naive = { teacher with Wq = nudge 161 teacher.Wq; Wk = nudge 162 teacher.Wk; Wv = nudge 163 teacher.Wv; Wo = Array.map2 (+) teacher.Wo (Rand.normal 164 0.1 teacher.Wo.Length) }
+            let o = { CalibratePlus.PlusOptions.defaults with
+                        GuardedPhase1 = false; Steps = 60; MiniBatch = 2; EvalEvery = 5; Patience = 2
+                        LrProjections = 0.5f; LrGates = 0.5f; LrOutput = 0.5f; BackoffFactor = 1e-3f }
+            let run o = CalibratePlus.run o TaylorInit.TaylorOptions.defaults be config fit (Some dev) 24 0 naive ignore2 CancellationToken.None
+            let _, closedOnly = run { o with NaiveFallback = false }
+            Expect.isLessThan closedOnly.DevClosedForm closedOnly.DevNaive "the refit changed the start"
+            Expect.isGreaterThan closedOnly.Backoffs 0 "the closed-form alignment hit a plateau"
+            // The same alignment from the naive layer (the refit flag only changes the closed form and the final refit).
+            let _, naiveOnly = run { o with RefitOutput = false; NaiveFallback = false }
+            Expect.equal naiveOnly.DevClosedForm naiveOnly.DevNaive "no closed form"
+            let w, r = run o
+            let expected = min closedOnly.Alignment.BestLoss naiveOnly.Alignment.BestLoss
+            Expect.equal r.Alignment.BestLoss expected "the better of the two alignments (same chunk order, same backend)"
+            let expectedStart =
+                if naiveOnly.Alignment.BestLoss < closedOnly.Alignment.BestLoss then CalibratePlus.AlignmentStart.Naive
+                else CalibratePlus.AlignmentStart.ClosedForm
+            Expect.equal r.Start expectedStart "the start is named"
+            // fp32 windowed sums vs one pass, a few ulps of a ~1e-3 quantity.
+            let again = mse (Align.layerOutput be config dev.Trace dev.B 24 w) dev.Trace.Output
+            Expect.floatClose { absolute = 1e-8; relative = 1e-4 } again r.DevFinal "the returned state is the reported one"
         }
 
         test "the calibration split holds out trailing documents and keeps the published fit batch" {
