@@ -50,3 +50,19 @@ let finite (option: string) (v: float) : float =
 let nonEmptyPath (option: string) (p: string) : string =
     if String.IsNullOrWhiteSpace p then usageError $"{option} \"{p}\": expected a path"
     p
+
+/// The backends of a --device list (`vulkan:0,vulkan:1`, `cpu:0,cpu:1`, mixed): the workers of per-layer
+/// work. Dispose to close them all.
+type DeviceWorkers(workers: DeviceWorker list) =
+    member _.Workers = workers
+    /// The first device: where work that is not split per layer runs.
+    member _.First = workers.Head.Backend
+    /// The devices as the reports name them (`cpu` for one device, else the ids joined by commas).
+    member _.Name = match workers with [ w ] -> w.Backend.Name | _ -> workers |> List.map (fun w -> w.Id) |> String.concat ","
+    interface IDisposable with
+        member _.Dispose() = for w in workers do w.Backend.Dispose()
+
+/// Opens the backends of a --device option that may be a comma-separated list (default auto).
+let openWorkers (spec: string option) : DeviceWorkers =
+    try new DeviceWorkers(List.ofSeq (DeviceSet.Open(defaultArg spec "auto")))
+    with :? DeviceException as e -> usageError e.Message

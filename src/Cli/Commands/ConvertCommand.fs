@@ -54,7 +54,7 @@ type Args =
             | Steps _ -> "alignment steps per layer (default 300; calibrate-plus: at most 600, early-stopped on held-out text)"
             | Seed _ -> "seed of the fresh gate parameters (default 0)"
             | Gqa_Expand _ -> "heads (default) | rows (the reference's row repeat)"
-            | Device _ -> "auto | cpu | vulkan | vulkan:N | vulkan:NAME (default auto)"
+            | Device _ -> "auto | cpu | vulkan | vulkan:N | vulkan:NAME (default auto); a list such as vulkan:0,vulkan:1 or cpu:0,cpu:1 spreads the converted layers over those devices"
             | Resume -> "continue an interrupted conversion into --out after its last aligned layer"
 
 /// What both convert and the ablation resolve from the command line before any work.
@@ -164,6 +164,9 @@ let run (args: ParseResults<Args>) =
                 (args.GetResult Calib_Text) (args.TryGetResult Eval_Text) (args.Contains Allow_Overlap) (args.TryGetResult Gqa_Expand)
                 (args.GetResult(Calib_Tokens, defaultCalibTokens strategy)) (args.GetResult(Calib_Dev_Tokens, defaultDevTokens strategy))
     let settings = settingsText p strategy steps seed
+    // Opened before --out is touched: a bad device list leaves nothing behind.
+    use workers = openWorkers (args.TryGetResult Device)
+    let be = workers.First
     if File.Exists out then usageError $"--out {out} is a file"
     // Locked before anything is read from or written to it: a second writer fails here, naming the holder.
     use _lock = DirectoryLock.acquire out "convert" |> Result.defaultWith (fun e -> usageError $"--out {e}")
@@ -178,7 +181,6 @@ let run (args: ParseResults<Args>) =
         eprintfn "warning: no --eval-text, so the calibration text was not checked for documents shared with an evaluation text"
     let c = p.Teacher.Config
     let converted = [ 0 .. c.Layers - 1 ] |> List.except p.Kept
-    use be = openDevice (args.TryGetResult Device)
     use dt = new DeviceDecoder(be, p.Teacher)
     let restored =
         if not resume then Map.empty else
@@ -200,7 +202,7 @@ let run (args: ParseResults<Args>) =
         timings.Add(name, w.Elapsed.TotalSeconds)
         r
     let total = Stopwatch.StartNew()
-    AnsiConsole.MarkupLine("[bold]convert[/] " + Markup.Escape $"{p.TeacherPath} -> {out}: init {Convert.InitStrategy.name strategy}, kept {p.Kept}, converted {converted}, GQA {GqaExpand.name p.Expand}, device {be.Name}")
+    AnsiConsole.MarkupLine("[bold]convert[/] " + Markup.Escape $"{p.TeacherPath} -> {out}: init {Convert.InitStrategy.name strategy}, kept {p.Kept}, converted {converted}, GQA {GqaExpand.name p.Expand}, device {workers.Name}")
     try
         if Convert.InitStrategy.aligns strategy then AlignCheckpoint.writeRun out settings
         let student, reports, taylor =
@@ -239,7 +241,7 @@ let run (args: ParseResults<Args>) =
                     let o = { Convert.ConvertOptions.defaults strategy with
                                 Expand = p.Expand; Seed = seed; Align = { Align.AlignOptions.defaults with Steps = steps }
                                 Plus = { CalibratePlus.PlusOptions.defaults with Steps = steps } }
-                    let student, reports = timed "convert" (fun () -> Convert.runWith be p.Teacher trace dev p.Kept o hooks cts.Token)
+                    let student, reports, _ = timed "convert" (fun () -> Convert.runOnWorkers workers.Workers p.Teacher trace dev p.Kept o hooks cts.Token)
                     for KeyValue(_, t) in layerTasks do t.Value <- t.MaxValue
                     student, reports, taylor)
         timed "save" (fun () -> StudentIo.save out student (Some p.TokenizerPath))
@@ -248,7 +250,7 @@ let run (args: ParseResults<Args>) =
             { Teacher = p.TeacherPath; Init = Convert.InitStrategy.name strategy; Kept = p.Kept; GqaExpand = GqaExpand.name p.Expand
               Seed = seed; Steps = steps; Calibration = p.Batch
               Layers = reports |> List.map (fun r -> { Convert = r; Taylor = taylor.TryFind r.Layer })
-              Timings = List.ofSeq timings; Device = be.Name }
+              Timings = List.ofSeq timings; Device = workers.Name }
         AtomicFile.writeText (Path.Combine(out, "report.json")) (ConvertReport.toJson report)
         AtomicFile.writeText (Path.Combine(out, "report.html")) (ReportHtml.convertPage report)
         for r in reports do
@@ -256,5 +258,11 @@ let run (args: ParseResults<Args>) =
             printfn "layer %d: MSE %.4g, cosine flattened %.4f, mean per-token %.4f%s" r.Layer r.Fit.Mse r.Fit.Cosine r.Fit.MeanTokenCosine align
         printfn "wrote %s (student, report.json, report.html) in %.1f s" out total.Elapsed.TotalSeconds
         0
-    with :? OperationCanceledException ->
+    with
+    | :? OperationCanceledException ->
         raise (Interrupted(if Convert.InitStrategy.usesPhase2 strategy then Some(commandLineWith "--resume") else None))
+    | Parallel.LayerScheduler.JobsFailedException(message, _) ->
+        // Several devices: the other layers finished and (when aligned) were persisted under --out/align.
+        eprintfn "error: %s" message
+        if Convert.InitStrategy.aligns strategy then eprintfn "the aligned layers are kept; continue with: %s" (commandLineWith "--resume")
+        1
