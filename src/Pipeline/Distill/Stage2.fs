@@ -65,6 +65,14 @@ type Stage2Trainer(teacher: DeviceDecoder, student: DeviceDecoder, settings: Ada
         let mbs = Array.ofList microBatches
         Trainer.step optimizer mbs.Length (fun mb -> run mbs[mb.Index] B T (Some mb.Weight))
 
+    /// One data-parallel step (Parallel/DataParallel.fs): this rank's rows of each micro-batch (each (B, T)
+    /// ids, B = the global rows / ranks), their gradients weighted by the rank's share and summed over ranks.
+    member _.StepShard(ranks: Mpi.ICollectives, microBatches: int[] list, B: int, T: int) : Trainer.StepReport =
+        let mbs = Array.ofList microBatches
+        let share = 1.0 / float ranks.Size
+        Trainer.stepWeightedThen (TaylorCalibrate.Pipeline.Parallel.DataParallel.combineStep ranks optimizer share) optimizer (Trainer.equalWeights mbs.Length)
+            (fun mb -> run mbs[mb.Index] B T (Some(mb.Weight * float32 share)))
+
     interface IDisposable with
         member _.Dispose() =
             (optimizer :> IDisposable).Dispose()
