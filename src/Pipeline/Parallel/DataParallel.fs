@@ -62,19 +62,27 @@ let agree (ranks: ICollectives) (settings: Map<string, string>) : Result<unit, s
     let root = if ranks.Rank = 0 then mine else Array.zeroCreate (BitConverter.ToInt32(length, 0))
     ranks.Broadcast(Span root, 0)
     let rootSettings = decode root
-    let keys = Set.union (Set.ofSeq rootSettings.Keys) (Set.ofSeq settings.Keys) |> Set.toArray
-    let firstDifference = keys |> Array.tryFindIndex (fun k -> rootSettings.TryFind k <> settings.TryFind k)
-    // Every rank learns every rank's first differing key (index into the union of keys, +1; 0 = agrees):
-    // small integers, exact in float32.
+    // Indexed by rank 0's keys, which every rank now has; a key only this rank has is index Count.
+    let rootKeys = rootSettings |> Map.toArray |> Array.map fst
+    let firstDifference =
+        match rootKeys |> Array.tryFindIndex (fun k -> rootSettings.TryFind k <> settings.TryFind k) with
+        | Some i -> Some i
+        | None -> if settings.Count > rootSettings.Count then Some rootKeys.Length else None
+    // Every rank learns every rank's first differing key (index + 1; 0 = agrees): small integers, exact in
+    // float32. So whichever rank's message reaches the user first names the setting.
     let votes = Array.zeroCreate<float32> ranks.Size
     votes[ranks.Rank] <- float32 (match firstDifference with Some i -> i + 1 | None -> 0)
     ranks.SumInRankOrder(Span votes)
     match votes |> Array.tryFindIndex (fun v -> v > 0f) with
     | None -> Ok()
     | Some r ->
-        let describe (m: Map<string, string>) k = match m.TryFind k with Some v -> $"'{v}'" | None -> "(absent)"
-        match firstDifference with
-        | Some i when ranks.Rank = r ->
-            let k = keys[i]
-            Error $"rank {r} disagrees with rank 0 on setting '{k}': {describe settings k} here, {describe rootSettings k} on rank 0"
-        | _ -> Error $"rank {r} runs with other settings than rank 0 (its own message names the setting); every rank must get the same options"
+        let i = int votes[r] - 1
+        if i = rootKeys.Length then
+            Error $"rank {r} runs with a setting that rank 0 does not have; every rank must get the same options"
+        else
+            let k = rootKeys[i]
+            let describe (m: Map<string, string>) = match m.TryFind k with Some v -> $"'{v}'" | None -> "(absent)"
+            if ranks.Rank = r then
+                Error $"rank {r} disagrees with rank 0 on setting '{k}': {describe settings} here, {describe rootSettings} on rank 0"
+            else
+                Error $"rank {r} disagrees with rank 0 on setting '{k}' ({describe rootSettings} on rank 0); every rank must get the same options"
