@@ -150,7 +150,10 @@ let private diagnosticChunks = 4
 let prepare teacherPath keep policy fraction calibText evalText allowOverlap expand calibTokens devTokens =
     prepareWith None teacherPath keep policy fraction calibText evalText allowOverlap expand calibTokens devTokens
 
-let run (args: ParseResults<Args>) =
+let private runOn (world: TaylorCalibrate.Backend.Mpi.MpiWorld option) (args: ParseResults<Args>) =
+    // Under mpirun the converted layers are sharded over the ranks (Parallel/ShardedConvert.fs); rank 0 reports.
+    let ranks = match world with Some w -> w :> TaylorCalibrate.Backend.Mpi.ICollectives | None -> TaylorCalibrate.Backend.Mpi.SingleRank.Instance
+    if ranks.Rank <> 0 then AnsiConsole.Console <- AnsiConsole.Create(AnsiConsoleSettings(Out = AnsiConsoleOutput(IO.TextWriter.Null)))
     let strategy =
         let s = args.GetResult(Init, "taylor-calibrate")
         Convert.InitStrategy.parse s |> Option.defaultWith (fun () -> usageError $"--init {s}: expected naive, zero-gate, taylor-init, alignment-only, taylor-calibrate or calibrate-plus")
@@ -165,12 +168,21 @@ let run (args: ParseResults<Args>) =
                 (args.GetResult(Calib_Tokens, defaultCalibTokens strategy)) (args.GetResult(Calib_Dev_Tokens, defaultDevTokens strategy))
     let settings = settingsText p strategy steps seed
     // Opened before --out is touched: a bad device list leaves nothing behind.
-    use workers = openWorkers (args.TryGetResult Device)
+    use workers =
+        match world with
+        | None -> openWorkers (args.TryGetResult Device)
+        | Some _ -> new DeviceWorkers([ (let b = openRankDevice world (args.TryGetResult Device) in TaylorCalibrate.Backend.DeviceWorker(b.Name, b)) ])
     let be = workers.First
     if File.Exists out then usageError $"--out {out} is a file"
+    // Every rank must run the same conversion (one line of `settings` per setting).
+    let settingsMap = settings.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> Array.map (fun l -> let i = l.IndexOf '=' in l[.. i - 1], l[i + 1 ..]) |> Map.ofArray
+    Parallel.DataParallel.agree ranks settingsMap |> Result.defaultWith (fun e -> usageError $"mpirun: {e}")
     // Locked before anything is read from or written to it: a second writer fails here, naming the holder.
-    use _lock = DirectoryLock.acquire out "convert" |> Result.defaultWith (fun e -> usageError $"--out {e}")
-    if Directory.EnumerateFileSystemEntries(out) |> Seq.exists (DirectoryLock.isLockFile >> not) then
+    // Rank 0 holds the lock for the job; the other ranks only add aligned layers under --out/align.
+    use _lock =
+        if ranks.Rank <> 0 then { new IDisposable with member _.Dispose() = () }
+        else DirectoryLock.acquire out "convert" |> Result.defaultWith (fun e -> usageError $"--out {e}") :> IDisposable
+    if ranks.Rank = 0 && Directory.EnumerateFileSystemEntries(out) |> Seq.exists (DirectoryLock.isLockFile >> not) then
         match resume, AlignCheckpoint.readRun out with
         | false, _ -> usageError $"--out {out} exists and is not empty; choose another directory or pass --resume"
         | true, None -> usageError $"--resume: {out} holds no interrupted conversion (no align/run.json)"
@@ -179,6 +191,8 @@ let run (args: ParseResults<Args>) =
     // Said once the inputs are known good, and recorded in the report (calibration.overlap_checked = false).
     if p.EvalDocs.IsNone then
         eprintfn "warning: no --eval-text, so the calibration text was not checked for documents shared with an evaluation text"
+    // The other ranks start once rank 0 has checked and locked --out (or stopped the job).
+    ranks.Barrier()
     let c = p.Teacher.Config
     let converted = [ 0 .. c.Layers - 1 ] |> List.except p.Kept
     use dt = new DeviceDecoder(be, p.Teacher)
@@ -204,8 +218,8 @@ let run (args: ParseResults<Args>) =
     let total = Stopwatch.StartNew()
     AnsiConsole.MarkupLine("[bold]convert[/] " + Markup.Escape $"{p.TeacherPath} -> {out}: init {Convert.InitStrategy.name strategy}, kept {p.Kept}, converted {converted}, GQA {GqaExpand.name p.Expand}, device {workers.Name}")
     try
-        if Convert.InitStrategy.aligns strategy then AlignCheckpoint.writeRun out settings
-        let student, reports, taylor =
+        if ranks.Rank = 0 && Convert.InitStrategy.aligns strategy then AlignCheckpoint.writeRun out settings
+        let converted' =
             AnsiConsole.Progress()
                 .AutoClear(false)
                 .Columns(TaskDescriptionColumn(), ProgressBarColumn(), PercentageColumn(), ElapsedTimeColumn())
@@ -219,7 +233,7 @@ let run (args: ParseResults<Args>) =
                     let diagTask = ctx.AddTask("Taylor diagnostic", true, float converted.Length)
                     let taylor =
                         timed "taylor_diagnostic" (fun () ->
-                            converted |> List.map (fun i ->
+                            (if ranks.Rank = 0 then converted else []) |> List.map (fun i ->
                                 let r = TaylorDiagnostic.run c p.Teacher.Weights.Layers[i] trace.Layers[i] (min trace.B diagnosticChunks) trace.T
                                 diagTask.Increment 1.0
                                 i, r) |> Map.ofList)
@@ -241,23 +255,26 @@ let run (args: ParseResults<Args>) =
                     let o = { Convert.ConvertOptions.defaults strategy with
                                 Expand = p.Expand; Seed = seed; Align = { Align.AlignOptions.defaults with Steps = steps }
                                 Plus = { CalibratePlus.PlusOptions.defaults with Steps = steps } }
-                    let student, reports, _ = timed "convert" (fun () -> Convert.runOnWorkers workers.Workers p.Teacher trace dev p.Kept o hooks cts.Token)
+                    let result = timed "convert" (fun () -> Parallel.ShardedConvert.run ranks out workers.Workers p.Teacher trace dev p.Kept o hooks cts.Token)
                     for KeyValue(_, t) in layerTasks do t.Value <- t.MaxValue
-                    student, reports, taylor)
-        timed "save" (fun () -> StudentIo.save out student (Some p.TokenizerPath))
-        timings.Add("total", total.Elapsed.TotalSeconds)
-        let report : ConvertReport.Report =
-            { Teacher = p.TeacherPath; Init = Convert.InitStrategy.name strategy; Kept = p.Kept; GqaExpand = GqaExpand.name p.Expand
-              Seed = seed; Steps = steps; Calibration = p.Batch
-              Layers = reports |> List.map (fun r -> { Convert = r; Taylor = taylor.TryFind r.Layer })
-              Timings = List.ofSeq timings; Device = workers.Name }
-        AtomicFile.writeText (Path.Combine(out, "report.json")) (ConvertReport.toJson report)
-        AtomicFile.writeText (Path.Combine(out, "report.html")) (ReportHtml.convertPage report)
-        for r in reports do
-            let align = match r.Alignment with Some a -> $", alignment loss {a.Losses[0]:G4} -> {a.BestLoss:G4} (step {a.BestStep}, {a.Seconds:F1} s)" | None -> ""
-            printfn "layer %d: MSE %.4g, cosine flattened %.4f, mean per-token %.4f%s" r.Layer r.Fit.Mse r.Fit.Cosine r.Fit.MeanTokenCosine align
-        printfn "wrote %s (student, report.json, report.html) in %.1f s" out total.Elapsed.TotalSeconds
-        0
+                    result |> Option.map (fun (student, reports, _) -> student, reports, taylor))
+        match converted' with
+        | None -> 0   // a rank other than 0: its layers are under --out/align, rank 0 assembles
+        | Some(student, reports, taylor) ->
+            timed "save" (fun () -> StudentIo.save out student (Some p.TokenizerPath))
+            timings.Add("total", total.Elapsed.TotalSeconds)
+            let report : ConvertReport.Report =
+                { Teacher = p.TeacherPath; Init = Convert.InitStrategy.name strategy; Kept = p.Kept; GqaExpand = GqaExpand.name p.Expand
+                  Seed = seed; Steps = steps; Calibration = p.Batch
+                  Layers = reports |> List.map (fun r -> { Convert = r; Taylor = taylor.TryFind r.Layer })
+                  Timings = List.ofSeq timings; Device = workers.Name }
+            AtomicFile.writeText (Path.Combine(out, "report.json")) (ConvertReport.toJson report)
+            AtomicFile.writeText (Path.Combine(out, "report.html")) (ReportHtml.convertPage report)
+            for r in reports do
+                let align = match r.Alignment with Some a -> $", alignment loss {a.Losses[0]:G4} -> {a.BestLoss:G4} (step {a.BestStep}, {a.Seconds:F1} s)" | None -> ""
+                printfn "layer %d: MSE %.4g, cosine flattened %.4f, mean per-token %.4f%s" r.Layer r.Fit.Mse r.Fit.Cosine r.Fit.MeanTokenCosine align
+            printfn "wrote %s (student, report.json, report.html) in %.1f s" out total.Elapsed.TotalSeconds
+            0
     with
     | :? OperationCanceledException ->
         raise (Interrupted(if Convert.InitStrategy.usesPhase2 strategy then Some(commandLineWith "--resume") else None))
@@ -266,3 +283,7 @@ let run (args: ParseResults<Args>) =
         eprintfn "error: %s" message
         if Convert.InitStrategy.aligns strategy then eprintfn "the aligned layers are kept; continue with: %s" (commandLineWith "--resume")
         1
+
+let run (args: ParseResults<Args>) =
+    let world = startMpi ()
+    onEveryRank world (fun () -> runOn world args)

@@ -156,3 +156,14 @@ let runWith (be: IBackend) (teacher: Teacher) (trace: TeacherTrace) (dev: Teache
 /// Converts without held-out calibration text.
 let run (be: IBackend) (teacher: Teacher) (trace: TeacherTrace) (kept: int list) (o: ConvertOptions) (hooks: Hooks) (ct: CancellationToken) =
     runWith be teacher trace None kept o hooks ct
+
+/// Converts only `layers` (some of the converted layers) for what their hooks persist: one MPI rank's share of
+/// a sharded conversion (Parallel/ShardedConvert.fs). Each layer's result is the one `runOnWorkers` gives it.
+let convertLayers (workers: DeviceWorker list) (teacher: Teacher) (trace: TeacherTrace) (dev: TeacherTrace option) (kept: int list)
+                  (o: ConvertOptions) (hooks: Hooks) (ct: CancellationToken) (layers: int list) : unit =
+    let skeleton = Skeleton.build teacher kept o.Expand o.Seed
+    let hooks = if workers.Length > 1 then serialised hooks else hooks
+    let jobs = skeleton.Gdn |> Map.toList |> List.filter (fun (i, _) -> List.contains i layers)
+    LayerScheduler.run workers jobs (fun w (i, naive) -> convertLayer w.Backend teacher.Config trace dev o hooks ct i naive) ct
+    |> LayerScheduler.orRaise (fun (i, _) -> $"layer {i}")
+    |> ignore
