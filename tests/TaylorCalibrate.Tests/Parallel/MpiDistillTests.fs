@@ -12,7 +12,7 @@ open TaylorCalibrate.Tests
 open TaylorCalibrate.Tests.Distill
 
 /// mpirun on PATH, or a skip that says why.
-let private mpirun () =
+let mpirun () =
     let path = Environment.GetEnvironmentVariable "PATH" |> Option.ofObj |> Option.defaultValue ""
     match path.Split ':' |> Array.map (fun d -> Path.Combine(d, "mpirun")) |> Array.tryFind File.Exists with
     | Some p -> p
@@ -20,9 +20,9 @@ let private mpirun () =
 
 /// Open MPI refuses root unless told (CI runs as root); shared-memory single-copy needs ptrace rights that
 /// containers often lack, so it is switched off (copies go through the shared segment instead).
-let private launcher (exe: string) (np: int) =
+let launcher (exe: string) (np: int) =
     [ exe; "-np"; string np; "--oversubscribe"; "--mca"; "btl_vader_single_copy_mechanism"; "none" ]
-let private env = [ "OMPI_ALLOW_RUN_AS_ROOT", "1"; "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"; "OMPI_MCA_rmaps_base_oversubscribe", "1" ]
+let env = [ "OMPI_ALLOW_RUN_AS_ROOT", "1"; "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"; "OMPI_MCA_rmaps_base_oversubscribe", "1" ]
 
 let private args (f: TinyDistill.Fixture) (out: string) =
     [ "distill"; "--stage"; "2"; "--student"; f.StudentDir; "--teacher"; f.TeacherDir; "--train-text"; f.TrainText
