@@ -131,6 +131,17 @@ mutant tok512-lowest-merge Pipeline src/Pipeline/Text/Tok512.fs 'Llama2c (tiny' 
     'llama2.c tokenizer: the lowest-score pair is merged first' \
     'if s1 > s2 then -1 elif s1 < s2 then 1 else compare p1 p2' 'if s1 < s2 then -1 elif s1 > s2 then 1 else compare p1 p2'
 
+# ---- Distillation ------------------------------------------------------------------------------------------
+mutant stage1-loss-squared Pipeline src/Pipeline/Distill/Stage1Loss.fs 'Distill.Stage1Loss' \
+    'Stage 1 loss: squared L2 norm per token instead of the norm' \
+    'be.Mul(ws.Diff, ws.Unit, ws.Diff)' 'be.Mul(ws.Diff, ws.Diff, ws.Diff)'
+mutant stage2-default-rest-rate Pipeline src/Pipeline/Distill/Distill.fs 'Cli.distill' \
+    'Stage 2 default: the non-attention rate 7e-5 instead of 7e-6' \
+    'let stage2Default = Stage2(1e-4f, 7e-6f)' 'let stage2Default = Stage2(1e-4f, 7e-5f)'
+mutant stage1-constant-schedule Pipeline src/Pipeline/Distill/Distill.fs 'Cli.distill' \
+    'Stage 1: constant rate instead of cosine to 0' \
+    'Stage1 _ -> Schedule.Cosine steps' 'Stage1 _ -> Schedule.Constant'
+
 # ---- CLI (Cli/Commands/ConvertCommand.fs) ------------------------------------------------------------------
 mutant cli-resume-any-settings Cli src/Cli/Commands/ConvertCommand.fs 'Cli.convert resume' \
     'convert --resume: continues a run started with other settings' \

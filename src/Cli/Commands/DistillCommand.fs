@@ -64,10 +64,14 @@ let private runOn (world: MpiWorld option) (args: ParseResults<Args>) =
         match args.GetResult Stage with
         | 1 ->
             if args.Contains Lr_Attn || args.Contains Lr_Rest then usageError "--lr-attn and --lr-rest are Stage-2 rates; Stage 1 takes --lr"
-            Distill.Stage1(args.GetResult(Lr, 1e-3f))
+            match Distill.Stage.stage1Default with
+            | Distill.Stage1 lr -> Distill.Stage1(args.GetResult(Lr, lr))
+            | other -> other
         | 2 ->
             if args.Contains Lr then usageError "--lr is the Stage-1 rate; Stage 2 takes --lr-attn and --lr-rest"
-            Distill.Stage2(args.GetResult(Lr_Attn, 1e-4f), args.GetResult(Lr_Rest, 7e-6f))
+            match Distill.Stage.stage2Default with
+            | Distill.Stage2(attn, rest) -> Distill.Stage2(args.GetResult(Lr_Attn, attn), args.GetResult(Lr_Rest, rest))
+            | other -> other
         | n -> usageError $"--stage {n}: expected 1 or 2"
     if tokens < 1L then usageError $"--tokens {tokens} must be positive"
     let seed = args.GetResult(Seed, 0)

@@ -12,6 +12,7 @@ let all: (string * string * (IBackend -> BenchOptions -> (BenchRecord -> unit) -
       "teacher", "teacher forward tokens/s: stories260K shape and a 4-layer D256 Llama (random weights)", TeacherSuite.run
       "align", "seconds per Phase-2 alignment step of a D=1024, 16x64-head GDN layer on 4x256 tokens", AlignSuite.run
       "train", "training tokens/s and model FLOP rate (4-layer D256 GQA Llama, B=8 T=256 on the CPU; a small model elsewhere), with and without recompute", TrainSuite.run
+      "distill", "Stage-1 and Stage-2 step tokens/s and model FLOP rate of a keep-[0] hybrid (stories260K shape and a 4-layer D256 Llama on the CPU; the small one elsewhere), beside the GEMM rate", DistillSuite.run
       "gpu-shapes", "fp32 GEMM GFLOP/s at GPU sizes: 4096³ and an 8192-token 4096->4096 projection", GpuShapesSuite.run ]
 
 let names = all |> List.map (fun (n, _, _) -> n)

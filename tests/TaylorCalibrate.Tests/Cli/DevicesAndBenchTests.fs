@@ -7,6 +7,7 @@ open System.IO
 open System.Text.Json
 open Expecto
 open TaylorCalibrate.Pipeline.Bench
+open TaylorCalibrate.Pipeline.Distill
 open TaylorCalibrate.Tests
 
 [<Tests>]
@@ -40,6 +41,27 @@ let tests =
                 Expect.floatClose Accuracy.low r.Gflops.Value expected "gflops = 2mnk / seconds"
                 Expect.isNone r.TokensPerSecond "tokens_per_s omitted for GEMM"
             Expect.isFalse (File.ReadAllText(json).Contains "tokens_per_s") "fields that do not apply are omitted"
+        }
+
+        test "bench --suite distill --quick: a GEMM record, then Stage 1 and Stage 2 with tokens/s and FLOP rate from their own seconds" {
+            let dir = CliRunner.tempDir ()
+            let json = Path.Combine(dir, "bench.json")
+            let r = CliRunner.run [ "bench"; "--suite"; "distill"; "--quick"; "--device"; "cpu"; "--min-seconds"; "0"; "--json"; json ]
+            Expect.equal r.ExitCode 0 $"exit code (stderr: {r.Err})"
+            match BenchCore.readJson json with
+            | [ gemm; stage1; stage2 ] ->
+                Expect.stringStarts gemm.Case "gemm" "the GEMM reference comes first"
+                let c = DistillSuite.stories260K
+                for record, stage in [ stage1, Distill.Stage1 1e-3f; stage2, Distill.Stage2(1e-4f, 7e-6f) ] do
+                    Expect.equal record.Suite "distill" "suite"
+                    let tokens = float record.M.Value
+                    Expect.floatClose Accuracy.low record.TokensPerSecond.Value (tokens / record.Seconds) "tokens/s = B·T / seconds"
+                    // 4 of the 5 stories260K layers are GDN (keep [0]).
+                    let flops = Distill.flopsPerToken stage c 4 * tokens
+                    Expect.floatClose Accuracy.low record.Gflops.Value (flops / record.Seconds / 1e9) "GFLOP/s = model FLOPs / seconds"
+                Expect.stringStarts stage1.Case "stage 1" "Stage 1 record"
+                Expect.stringStarts stage2.Case "stage 2" "Stage 2 record"
+            | records -> failtestf "expected 3 records, got %d" records.Length
         }
 
         test "bench rejects an unknown suite with exit code 2" {

@@ -40,6 +40,40 @@ let tests =
                 Expect.isTrue (StudentIo.isStudentDirectory out) "--out is a student directory")
         }
 
+        test "without rate options, both stages train with the method's recipe, as their checkpoints record it" {
+            // docs/method.md §7: Stage 1 lr 1e-3 cosine to 0; Stage 2 1e-4 ("attn") / 7e-6 (rest), constant;
+            // both AdamW β 0.9/0.95, weight decay 0.01, clip 1.0.
+            withFixture (fun f ->
+                let settingsOf (out: string) =
+                    let ck = Path.Combine(out, "checkpoints")
+                    let latest = File.ReadAllText(Path.Combine(ck, "latest")).Trim()
+                    let manifest = JsonNode.Parse(File.ReadAllText(Path.Combine(ck, latest, "manifest.json")))
+                    let settings = (manifest["body"]["settings"]).AsObject()
+                    fun (key: string) ->
+                        match settings[key] with
+                        | null -> failtestf "%s has no setting %s; it has %s" latest key (settings |> Seq.map (fun kv -> kv.Key) |> String.concat ", ")
+                        | v -> string v
+                let run stage =
+                    let out = Path.Combine(f.Root, $"recipe-{stage}")
+                    let args = baseArgs f out |> List.map (fun a -> if a = "1" then stage else a)
+                    let r = CliRunner.run args
+                    Expect.equal r.ExitCode 0 $"stage {stage} exit code 0 (stderr: {r.Err})"
+                    settingsOf out
+                let s1 = run "1"
+                Expect.equal (s1 "group.gdn.lr") "0.001" "Stage 1 rate"
+                Expect.stringStarts (s1 "adamw.schedule") "cosine:" "Stage 1 cosine schedule"
+                let s2 = run "2"
+                Expect.equal (s2 "group.attn.lr") "0.0001" "Stage 2 attention rate"
+                Expect.equal (s2 "group.rest.lr") "7E-06" "Stage 2 rate of the rest"
+                Expect.equal (s2 "adamw.schedule") "constant" "Stage 2 constant schedule"
+                for s in [ s1; s2 ] do
+                    Expect.equal (s "adamw.beta1") "0.9" "β1"
+                    Expect.equal (s "adamw.beta2") "0.95" "β2"
+                    Expect.equal (s "adamw.clip") "1" "clip"
+                Expect.equal (s1 "group.gdn.weight_decay") "0.01" "Stage 1 weight decay"
+                Expect.equal (s2 "group.rest.weight_decay") "0.01" "Stage 2 weight decay")
+        }
+
         test "a student directory whose config and tensors disagree" {
             withFixture (fun f ->
                 let cfg = Path.Combine(f.StudentDir, "config.json")
