@@ -135,6 +135,10 @@ let private runOn (world: MpiWorld option) (args: ParseResults<Args>) =
             printfn "training: %.0f tokens/s (%s), %.3f GFLOP/s model rate (%.3g FLOP/token)"
                 result.TokensPerSecond (if n = 2 then "teacher forward included" else "teacher trace included")
                 (result.TokensPerSecond * result.FlopsPerToken / 1e9) result.FlopsPerToken
+        if ranks.Size > 1 && result.StepsRun > 0 then
+            let trainSeconds = float (int64 result.StepsRun * result.TokensPerStep) / result.TokensPerSecond
+            printfn "gradient sum over %d ranks: %.4f s per step of %.4f s (%.1f %%)" ranks.Size (result.AllreduceSeconds / float result.StepsRun)
+                (trainSeconds / float result.StepsRun) (100.0 * result.AllreduceSeconds / trainSeconds)
         printfn "wrote %s (student, checkpoints/, curve.json, curve.svg, distill.json)" out
         0
       with :? OperationCanceledException ->

@@ -91,6 +91,8 @@ type DistillResult =
       TokensPerSecond: float
       /// Model FLOPs per training token (matmul weights only; see flopsPerToken).
       FlopsPerToken: float
+      /// Of the training time, the seconds spent summing gradients over MPI ranks (0 for one process).
+      AllreduceSeconds: float
       OutDir: string
       Warnings: string list }
 
@@ -299,6 +301,7 @@ let runRanked (ranks: Mpi.ICollectives) (be: IBackend) (inputs: DistillInputs.In
     Ok { Curve = curve; Steps = steps; TokensPerStep = tokensPerStep; StepsRun = ran
          TokensPerSecond = (if ran > 0 then float (int64 ran * tokensPerStep) / max trainWatch.Elapsed.TotalSeconds 1e-9 else nan)
          FlopsPerToken = flopsPerToken o.Stage inputs.Student.Config inputs.Student.Gdn.Count
+         AllreduceSeconds = (match step2 with Some t -> t.SyncSeconds | None -> 0.0)
          OutDir = out; Warnings = warnings }
 
 /// Runs the stage on `be` as the only process (see runRanked).
