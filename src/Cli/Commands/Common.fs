@@ -88,6 +88,8 @@ let onEveryRank (world: Mpi.MpiWorld option) (body: unit -> int) : int =
             | UsageError msg -> fail 2 msg
             | :? OperationCanceledException -> fail 130 "interrupted"
             | e -> fail 1 e.Message
+        // A rank that stops with an error it reported itself must still stop the others.
+        if code <> 0 && w.Size > 1 then w.Abort code
         (w :> IDisposable).Dispose()
         code
 
