@@ -47,3 +47,15 @@ module InputError =
 
 /// Raised by the CLI layer to carry an InputError out of deep code paths (never caught inside the library).
 exception InputException of InputError
+
+/// Sequencing of loader results: the first InputError stops the loading.
+type InputResultBuilder() =
+    member _.Bind(r: Result<'a, InputError>, f: 'a -> Result<'b, InputError>) = Result.bind f r
+    member _.Return(v: 'a) : Result<'a, InputError> = Ok v
+    member _.ReturnFrom(r: Result<'a, InputError>) = r
+    member _.Zero() : Result<unit, InputError> = Ok()
+
+[<AutoOpen>]
+module InputResultBuilder =
+    /// `inputResult { let! x = load ...; return ... }`.
+    let inputResult = InputResultBuilder()

@@ -34,11 +34,15 @@ let openDevice (spec: string option) : IBackend =
     try Devices.Open(defaultArg spec "auto")
     with :? DeviceException as e -> usageError e.Message
 
-/// Documents of a text file or directory (Corpus.readDocuments), warning once on stderr when the text is not
-/// clean UTF-8 (invalid sequences or binary bytes), with the file and byte offset where that begins.
+/// Warns once on stderr when a text file (or the *.txt under a folder) is not clean UTF-8 (invalid sequences
+/// or binary bytes), naming the file and the byte offset where that begins.
+let warnIfNotCleanText (path: string) =
+    TaylorCalibrate.Pipeline.Text.Corpus.textWarning path |> Option.iter (eprintfn "warning: %s")
+
+/// Documents of a text file or directory (Corpus.readDocuments), with warnIfNotCleanText.
 let readText (path: string) : string list =
     let docs = TaylorCalibrate.Pipeline.Text.Corpus.readDocuments path |> orFail
-    TaylorCalibrate.Pipeline.Text.Corpus.textWarning path |> Option.iter (eprintfn "warning: %s")
+    warnIfNotCleanText path
     docs
 
 /// A float option that must be a finite number (NaN and ±Inf parse as floats but mean nothing here).

@@ -58,6 +58,11 @@ type Args =
             | Resume -> "continue the run in --out from its latest checkpoint (exactly)"
             | Device _ -> "auto | cpu | vulkan | vulkan:N | vulkan:NAME (default auto); under mpirun a list, one entry per rank of a node"
 
+/// A learning rate option: finite and not negative (NaN and ±Inf parse as floats but mean nothing here).
+let private rate (option: string) (v: float32) : float32 =
+    if not (Single.IsFinite v) || v < 0f then usageError $"{option} {v}: expected a finite learning rate ≥ 0"
+    v
+
 let private runOn (world: MpiWorld option) (args: ParseResults<Args>) =
     let tokens = args.GetResult Tokens
     let stage =
@@ -65,12 +70,12 @@ let private runOn (world: MpiWorld option) (args: ParseResults<Args>) =
         | 1 ->
             if args.Contains Lr_Attn || args.Contains Lr_Rest then usageError "--lr-attn and --lr-rest are Stage-2 rates; Stage 1 takes --lr"
             match Distill.Stage.stage1Default with
-            | Distill.Stage1 lr -> Distill.Stage1(args.GetResult(Lr, lr))
+            | Distill.Stage1 lr -> Distill.Stage1(args.GetResult(Lr, lr) |> rate "--lr")
             | other -> other
         | 2 ->
             if args.Contains Lr then usageError "--lr is the Stage-1 rate; Stage 2 takes --lr-attn and --lr-rest"
             match Distill.Stage.stage2Default with
-            | Distill.Stage2(attn, rest) -> Distill.Stage2(args.GetResult(Lr_Attn, attn), args.GetResult(Lr_Rest, rest))
+            | Distill.Stage2(attn, rest) -> Distill.Stage2(args.GetResult(Lr_Attn, attn) |> rate "--lr-attn", args.GetResult(Lr_Rest, rest) |> rate "--lr-rest")
             | other -> other
         | n -> usageError $"--stage {n}: expected 1 or 2"
     if tokens < 1L then usageError $"--tokens {tokens} must be positive"
@@ -83,6 +88,7 @@ let private runOn (world: MpiWorld option) (args: ParseResults<Args>) =
           EvalText = args.TryGetResult Eval_Text; SeqLen = args.GetResult(Seq_Len, 256); Seed = uint64 seed
           EvalMaxTokens = args.TryGetResult Eval_Max_Tokens }
     let inputs = DistillInputs.load sources |> orFail
+    for text in sources.TrainTexts @ Option.toList sources.EvalText do warnIfNotCleanText text
     let options =
         { Distill.DistillOptions.defaults stage tokens with
             Batch = args.GetResult(Batch, 8); Accum = args.GetResult(Accum, 1)

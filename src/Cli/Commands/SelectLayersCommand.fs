@@ -109,7 +109,7 @@ let run (args: ParseResults<Args>) =
     let evalInput () =
         let path = evalText.Value
         let tok = ModelFiles.tokenizerFor teacherPath t.Config None |> orFail
-        let docs = Corpus.readDocuments path |> orFail
+        let docs = readText path
         let stream = Corpus.tokenStreamUpTo tok (args.TryGetResult Max_Tokens) docs
         let set = Perplexity.prepare path t.Config stream (args.TryGetResult Window) (args.TryGetResult Max_Tokens) |> orFail
         ({ Source = path; Set = set } : LayerSelection.EvalInput), tok, docs
@@ -129,7 +129,7 @@ let run (args: ParseResults<Args>) =
                 calibText |> Option.map (fun path ->
                     let opts = { Calibration.CalibrationOptions.defaults with AllowOverlap = args.Contains Allow_Overlap }
                     if opts.Length > t.Config.Context then usageError $"the calibration length {opts.Length} exceeds the teacher's context {t.Config.Context}"
-                    let docs = Corpus.readDocuments path |> orFail
+                    let docs = readText path
                     Calibration.build opts tok path docs (Some(e.Source, evalDocs)) |> orFail)
             let options =
                 { Convert.ConvertOptions.defaults strategy with

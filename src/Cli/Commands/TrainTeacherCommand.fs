@@ -134,6 +134,7 @@ let run (args: ParseResults<Args>) =
     // Documents: every --train-text source, optionally split into training and held-out parts by name.
     let trainPaths = args.GetResult Train_Text
     let allDocs = trainPaths |> List.map (sourceOf >> Documents.read >> orFail) |> Array.concat
+    for p in trainPaths do warnIfNotCleanText p
     let trainDocs, heldOut =
         match args.TryGetResult Hold_Out_From with
         | None -> allDocs, None

@@ -116,20 +116,12 @@ let private calibrationSource (dir: string) =
         with _ -> None
     else None
 
-/// Sequencing of results: the first error stops the loading.
-type private ResultBuilder() =
-    member _.Bind(r: Result<'a, InputError>, f: 'a -> Result<'b, InputError>) = Result.bind f r
-    member _.Return(v: 'a) : Result<'a, InputError> = Ok v
-    member _.ReturnFrom(r: Result<'a, InputError>) = r
-
-let private result = ResultBuilder()
-
 /// Loads and checks everything (see the module comment).
 let load (src: DistillSources) : Result<Inputs, InputError> =
     if src.TrainTexts.IsEmpty then Error(InvalidOption("--train-text", "give at least one training text"))
     elif src.SeqLen < 1 then Error(InvalidOption("--seq-len", $"must be at least 1, not {src.SeqLen}"))
     else
-    result {
+    inputResult {
         let! student = StudentIo.load src.StudentDir
         do! if Map.isEmpty student.Gdn then Error(InvalidOption("--student", $"{src.StudentDir} has no GDN layer: there is nothing to distil"))
             elif src.SeqLen > student.Config.Context then

@@ -21,7 +21,8 @@ type Report =
       GqaExpand: string
       Seed: int
       Steps: int
-      Calibration: Calibration.CalibrationBatch
+      /// None for naive and zero-gate given no calibration text: nothing was traced, so Layers is empty.
+      Calibration: Calibration.CalibrationBatch option
       Layers: LayerEntry list
       /// (stage, seconds) in order.
       Timings: (string * float) list
@@ -41,16 +42,19 @@ let toJson (r: Report) : string =
     o["seed"] <- JsonValue.Create r.Seed
     o["steps"] <- JsonValue.Create r.Steps
     o["device"] <- JsonValue.Create r.Device
-    let cal = JsonObject()
-    cal["source"] <- JsonValue.Create r.Calibration.Source
-    cal["batch"] <- JsonValue.Create r.Calibration.B
-    cal["length"] <- JsonValue.Create r.Calibration.T
-    cal["documents"] <- JsonValue.Create r.Calibration.Documents
-    cal["eval_source"] <- (match r.Calibration.EvalSource with Some s -> JsonValue.Create s :> JsonNode | None -> null)
-    cal["overlapping_documents"] <- JsonValue.Create r.Calibration.OverlappingDocuments
-    // False when no evaluation text was given: the overlap is then unknown, not zero.
-    cal["overlap_checked"] <- JsonValue.Create r.Calibration.EvalSource.IsSome
-    o["calibration"] <- cal
+    match r.Calibration with
+    | None -> o["calibration"] <- null
+    | Some b ->
+        let cal = JsonObject()
+        cal["source"] <- JsonValue.Create b.Source
+        cal["batch"] <- JsonValue.Create b.B
+        cal["length"] <- JsonValue.Create b.T
+        cal["documents"] <- JsonValue.Create b.Documents
+        cal["eval_source"] <- (match b.EvalSource with Some s -> JsonValue.Create s :> JsonNode | None -> null)
+        cal["overlapping_documents"] <- JsonValue.Create b.OverlappingDocuments
+        // False when no evaluation text was given: the overlap is then unknown, not zero.
+        cal["overlap_checked"] <- JsonValue.Create b.EvalSource.IsSome
+        o["calibration"] <- cal
     let layers = JsonArray()
     for e in r.Layers do
         let l = JsonObject()

@@ -101,7 +101,8 @@ let convertCharts (r: ConvertReport.Report) : Chart list =
 
 /// The conversion report page.
 let convertPage (r: ConvertReport.Report) : string =
-    page $"Taylor-Calibrate conversion: {r.Init}, kept {r.Kept}, GQA {r.GqaExpand}" (convertCharts r)
+    let measured = if r.Calibration.IsNone then " (no calibration text: nothing measured)" else ""
+    page $"Taylor-Calibrate conversion: {r.Init}, kept {r.Kept}, GQA {r.GqaExpand}{measured}" (convertCharts r)
 
 /// The ablation chart: zero-shot perplexities as bars (log scale).
 let ablationChart (title: string) (rows: (string * float) list) : Chart =

@@ -43,6 +43,8 @@ module InitStrategy =
     let usesPhase2 = function InitStrategy.AlignmentOnly | InitStrategy.TaylorCalibrate -> true | _ -> false
     /// Any alignment (Phase 2 or calibrate-plus's): persisted per layer, resumable.
     let aligns s = usesPhase2 s || s = InitStrategy.CalibratePlus
+    /// naive and zero-gate are functions of the teacher's weights alone: they read no teacher trace.
+    let needsTrace = function InitStrategy.Naive | InitStrategy.ZeroGate -> false | _ -> true
 
 /// Everything a conversion is parameterised by.
 type ConvertOptions =
@@ -83,6 +85,10 @@ type Hooks =
 module Hooks =
     let none = { Resume = (fun _ -> None); LayerAligned = (fun _ _ _ -> ()); Step = (fun _ _ _ -> ()); LayerStarted = ignore }
 
+/// zero-gate's W_g = 0 (docs/method.md §5); every other strategy keeps the skeleton's fresh gate.
+let private gateInit (o: ConvertOptions) (naive: GdnWeights) =
+    if o.Strategy = InitStrategy.ZeroGate then { naive with Wg = Array.zeroCreate naive.Wg.Length } else naive
+
 /// Converts one layer from its naive weights on `be`: its report and final weights. Depends only on the layer's
 /// own trace and options, so it gives the same result on any backend of the same kind.
 let private convertLayer (be: IBackend) (c: ModelConfig) (trace: TeacherTrace) (dev: TeacherTrace option) (o: ConvertOptions)
@@ -90,8 +96,7 @@ let private convertLayer (be: IBackend) (c: ModelConfig) (trace: TeacherTrace) (
     let watch = Stopwatch.StartNew()
     hooks.LayerStarted i
     let tr = trace.Layers[i]
-    let afterGate =
-        if o.Strategy = InitStrategy.ZeroGate then { naive with Wg = Array.zeroCreate naive.Wg.Length } else naive
+    let afterGate = gateInit o naive
     let afterPhase1, phase1 =
         if InitStrategy.usesPhase1 o.Strategy then
             let w, info = TaylorInit.apply o.Taylor be c tr trace.B trace.T afterGate
@@ -167,3 +172,11 @@ let convertLayers (workers: DeviceWorker list) (teacher: Teacher) (trace: Teache
     LayerScheduler.run workers jobs (fun w (i, naive) -> convertLayer w.Backend teacher.Config trace dev o hooks ct i naive) ct
     |> LayerScheduler.orRaise (fun (i, _) -> $"layer {i}")
     |> ignore
+
+/// naive or zero-gate without a calibration batch: the same student `runWith` builds, from the teacher's weights
+/// alone, with nothing measured (no trace, so no per-layer report).
+let runUntraced (teacher: Teacher) (kept: int list) (o: ConvertOptions) : Student =
+    if InitStrategy.needsTrace o.Strategy then
+        invalidArg (nameof o) $"{InitStrategy.name o.Strategy} calibrates on a teacher trace; use runWith"
+    let skeleton = Skeleton.build teacher kept o.Expand o.Seed
+    { skeleton with Gdn = skeleton.Gdn |> Map.map (fun _ w -> gateInit o w); Init = InitStrategy.name o.Strategy }

@@ -1,5 +1,5 @@
 /// `taylor-calibrate convert --resume` through the real executable on a tiny random teacher written here (no
-/// ../shared): a non-empty --out needs --resume, a resume with other settings is refused, and an interrupted
+/// ../shared): a non-empty --out needs --resume, a resume with other settings is refused naming the setting, and an interrupted
 /// conversion (one layer's checkpoint and the student missing) resumes to the same student, bit for bit.
 module TaylorCalibrate.Tests.Cli.ConvertResumeCliTests
 
@@ -26,8 +26,8 @@ let private setup () =
 
 let private expectRefused (r: CliRunner.CliResult) (fragment: string) =
     Expect.equal r.ExitCode 2 $"exit code 2 (stdout: {r.Out}; stderr: {r.Err})"
-    // The first line says what is wrong (the settings mismatch then lists the recorded settings).
-    Expect.stringContains (r.Err.Trim().Split('\n')[0]) fragment "the message says what is wrong"
+    Expect.equal (r.Err.Trim().Split('\n').Length) 1 $"one line on stderr: {r.Err}"
+    Expect.stringContains r.Err fragment "the message says what is wrong"
 
 [<Tests>]
 let tests =
@@ -42,7 +42,7 @@ let tests =
             let expected = File.ReadAllBytes weights
             for i in [ 1; 2 ] do Expect.isTrue (File.Exists(Path.Combine(out, "align", $"layer-{i}.safetensors"))) $"layer {i} persisted"
             expectRefused (CliRunner.run (args 2)) "--resume"
-            expectRefused (CliRunner.run (args 3 @ [ "--resume" ])) "other settings"
+            expectRefused (CliRunner.run (args 3 @ [ "--resume" ])) "steps is 2 there but 3 now"
             // Interrupted after layer 1: layer 2's checkpoint and the student itself were never written.
             File.Delete(Path.Combine(out, "align", "layer-2.safetensors"))
             File.Delete weights

@@ -56,6 +56,16 @@ let tests =
                     expectRefused (CliRunner.run [ "bench"; "--min-seconds"; value; "--device"; "cpu" ]) [ "--min-seconds"; "finite" ]
                 }
         ]
+        testList "learning rates that are not finite" [
+            for option, stage, value in [ "--lr", "1", "NaN"; "--lr-attn", "2", "Infinity"; "--lr-rest", "2", "-1" ] do
+                test $"distill {option} {value}" {
+                    let out = Path.Combine(CliRunner.tempDir (), "d")
+                    let r = CliRunner.run [ "distill"; "--student"; student.Force(); "--teacher"; teacher (); "--train-text"; calib (); "--stage"; stage
+                                            option; value; "--tokens"; "4096"; "--out"; out; "--device"; "cpu" ]
+                    expectRefused r [ option; value ]
+                    Expect.isFalse (Directory.Exists out) "nothing written"
+                }
+        ]
         testList "damaged and forged model files" [
             test "a NaN teacher weight is refused naming its tensor" {
                 let bytes = File.ReadAllBytes(teacher ())
@@ -90,6 +100,10 @@ let tests =
                 let r = CliRunner.run [ "eval"; "--model"; teacher (); "--text"; text; "--device"; "cpu"; "--window"; "8" ]
                 Expect.stringContains r.Err "bad.txt: invalid UTF-8 at byte offset 17" "names the file and offset"
                 Expect.equal (r.Err.Split("invalid UTF-8").Length - 1) 1 "warned once"
+                // The training text of distill is warned about too (the run then stops at --tokens, before any step).
+                let d = CliRunner.run [ "distill"; "--student"; student.Force(); "--teacher"; teacher (); "--train-text"; text; "--stage"; "2"
+                                        "--seq-len"; "8"; "--tokens"; "1"; "--out"; Path.Combine(dir, "d"); "--device"; "cpu" ]
+                Expect.stringContains d.Err "bad.txt: invalid UTF-8 at byte offset 17" $"distill warns (stderr: {d.Err})"
             }
         ]
         testList "convert output directory" [

@@ -53,6 +53,9 @@ let problemsOf (pageHeadings: Map<string, Set<string>>) (line: string) : string 
                       let wanted = if minor.Success then major + "." + minor.Value else major
                       if not (headings.Contains wanted) then yield $"cites {m.Value}, but docs/{page}.md has no section {wanted}" ]
 
+/// "issue 14", "issue-2", "issue #7", "issues 3": a reference to the tracker.
+let private issueNumber = Regex(@"\bissues?[ \-]?#?\d+\b", RegexOptions.IgnoreCase ||| RegexOptions.Compiled)
+
 let private headingsOnDisk () =
     pages
     |> List.choose (fun p ->
@@ -87,4 +90,17 @@ let tests =
                         for p in problemsOf headings lines[i] do
                             yield $"{Path.GetRelativePath(repoRoot, f)}:{i + 1}: {p}" ]
             let shown = problems |> List.truncate 40 |> String.concat "\n"
-            Expect.isEmpty problems $"{problems.Length} broken citation(s):\n{shown}" ]
+            Expect.isEmpty problems $"{problems.Length} broken citation(s):\n{shown}"
+
+        testCase "no code names an issue number (the code explains itself; the tracker is not part of it)" <| fun () ->
+            let isIssueRef (line: string) = issueNumber.IsMatch line
+            Expect.isTrue (isIssueRef "// see issue 14") "issue N"
+            Expect.isTrue (isIssueRef "/// the issue-2 contract") "issue-N"
+            Expect.isTrue (isIssueRef "// Issue #7: ...") "issue #N"
+            Expect.isFalse (isIssueRef "// an issue with the 2 backends") "prose"
+            let found =
+                [ for f in sourceFiles () |> List.filter (fun f -> Path.GetFileName f <> "CitationTests.fs") do
+                    let lines = File.ReadAllLines f
+                    for i in 0 .. lines.Length - 1 do
+                        if isIssueRef lines[i] then yield $"{Path.GetRelativePath(repoRoot, f)}:{i + 1}: {lines[i].Trim()}" ]
+            Expect.isEmpty found ("issue numbers in code:\n" + (found |> List.truncate 40 |> String.concat "\n")) ]

@@ -1,4 +1,4 @@
-/// Every op of the issue-2 contract writes only inside its outputs: guard tensors allocated just before and
+/// Every op of the backend contract (IBackend) writes only inside its outputs: guard tensors allocated just before and
 /// after the op's own tensors must keep their bits. Lavapipe drops out-of-bounds writes to a buffer, but a
 /// backend that sub-allocates tensors from one block would silently corrupt a neighbour (docs/kernels.md §5-6),
 /// so this is checked on every backend with odd sizes (not multiples of any workgroup or vector width).

@@ -1,7 +1,7 @@
 /// IBackend.Embedding and EmbeddingBackward on every backend against the double reference
 /// (Reference/EmbeddingReference.fs): exact gathers, scatter-add that accumulates into dtable with many
-/// repeated ids, determinism of the backward (no float atomics), ids out of range (throw on the CPU, zero
-/// rows on GPUs), argument errors. Maths: docs/kernels.md §4 (Embedding).
+/// repeated ids, determinism of the backward (no float atomics), ids out of range (an input error on every
+/// backend, raised before any work is queued), argument errors. Maths: docs/kernels.md §4 (Embedding).
 module TaylorCalibrate.Tests.Ops.EmbeddingTests
 
 open Expecto

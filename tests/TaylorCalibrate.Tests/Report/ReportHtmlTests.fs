@@ -28,7 +28,7 @@ let private layer (i: int) (aligned: bool) : ConvertReport.LayerEntry =
 
 let private report () : ConvertReport.Report =
     { Teacher = "teacher"; Init = "taylor-calibrate"; Kept = [ 0 ]; GqaExpand = "heads"; Seed = 0; Steps = 4
-      Calibration = { Tokens = [||]; B = 1; T = 8; Source = "calib.txt"; Documents = 1; EvalSource = None; OverlappingDocuments = 0 }
+      Calibration = Some { Tokens = [||]; B = 1; T = 8; Source = "calib.txt"; Documents = 1; EvalSource = None; OverlappingDocuments = 0 }
       Layers = [ layer 1 true; layer 2 false ]; Timings = [ "convert", 1.0 ]; Device = "cpu" }
 
 let private pages () =
