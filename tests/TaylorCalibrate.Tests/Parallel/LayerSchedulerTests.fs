@@ -36,7 +36,7 @@ let tests =
                 | None -> skiptest "no Vulkan device"
                 | Some id -> refused $"{id},{TaylorCalibrate.Tests.Backends.vulkanSpec}" $"same device {id}"
             }
-            test "two CPU workers share the cores" {
+            test "two CPU workers are two backend instances" {
                 let ws = cpuWorkers 2
                 try
                     Expect.equal (ws |> List.map (fun w -> w.Id)) [ "cpu:0"; "cpu:1" ] "ids"
