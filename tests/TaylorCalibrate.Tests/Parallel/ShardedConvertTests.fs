@@ -49,7 +49,7 @@ let tests =
                 Expect.isFalse (Directory.Exists out) "--out not created"
             finally try Directory.Delete(dir, true) with _ -> ()
         }
-            test "two ranks: each aligns its share, rank 0 assembles the one-process student bit for bit" {
+        test "two ranks: each aligns its share, rank 0 assembles the one-process student bit for bit" {
             let t = Stages.StudentTests.tinyTeacher ()
             let batch : Calibration.CalibrationBatch =
                 { Tokens = Rand.ints 9 t.Config.Vocab (2 * 40); B = 2; T = 40; Source = "random"; Documents = 1; EvalSource = None; OverlappingDocuments = 0 }
