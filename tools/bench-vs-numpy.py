@@ -7,10 +7,13 @@ at least --min-seconds). The rounds alternate the two so that load from other pr
 the report keeps each side's best round and prints ours / NumPy per shape, with the load average before and
 after. The NumPy process runs with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from its environment, so
 OpenBLAS picks its kernels for this processor (a machine-wide override would otherwise pin an older core
-type); the CLI keeps the environment as it is.
+type); the CLI keeps the environment as it is. --numpy-coretype NAME instead sets OPENBLAS_CORETYPE=NAME for
+the NumPy process only, for like-for-like comparisons of narrower kernels on a wide machine: `--kernel avx2
+--numpy-coretype Haswell` compares our AVX2 kernel with OpenBLAS's AVX2 (Haswell/Zen) kernels, as on an
+AVX2-only processor. The report names the core type OpenBLAS ran (openblas_get_corename).
 
 usage: tools/bench-vs-numpy.py [--cli DLL] [--rounds N] [--threads N] [--kernel avx512|avx2|vector|scalar]
-                               [--min-seconds S] [--quick] [--json OUT]
+                               [--numpy-coretype NAME] [--min-seconds S] [--quick] [--json OUT]
 Needs python3-numpy and libopenblas0-pthread (Debian); prints a warning when NumPy is not on OpenBLAS.
 --threads N limits both sides (DOTNET_PROCESSOR_COUNT for .NET, OPENBLAS_NUM_THREADS for NumPy).
 """
@@ -31,6 +34,17 @@ except Exception:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf): np.show_config()
     cfg = "openblas" if "openblas" in buf.getvalue().lower() else "unknown"
+core = "unknown"                          # the kernels OpenBLAS chose at load time
+try:
+    import ctypes
+    for line in open("/proc/self/maps"):
+        if "openblas" in line.lower() and ".so" in line:
+            f = ctypes.CDLL(line.split()[-1]).openblas_get_corename
+            f.restype = ctypes.c_char_p
+            core = f().decode()
+            break
+except Exception:
+    pass
 out = []
 for c in cases:
     m, n, k = c["m"], c["n"], c["k"]
@@ -46,7 +60,7 @@ for c in cases:
     times.sort()
     mid = len(times) // 2
     med = times[mid] if len(times) % 2 else 0.5 * (times[mid - 1] + times[mid])
-    out.append({"case": c["case"], "seconds": med, "blas": cfg})
+    out.append({"case": c["case"], "seconds": med, "blas": cfg, "core": core})
 json.dump(out, sys.stdout)
 """
 
@@ -85,6 +99,8 @@ def main():
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; each side keeps its best (default 3)")
     p.add_argument("--threads", type=int, default=0, help="threads for both sides (default: all cores)")
     p.add_argument("--kernel", default="", help="force the CPU GEMM kernel (sets TC_CPU_GEMM)")
+    p.add_argument("--numpy-coretype", default="",
+                   help="set OPENBLAS_CORETYPE for the NumPy process only (e.g. Haswell: OpenBLAS's AVX2 kernels)")
     p.add_argument("--min-seconds", type=float, default=1.0, help="time per shape and round (default 1)")
     p.add_argument("--quick", action="store_true", help="the gemm suite's quick shapes")
     p.add_argument("--json", help="also write the comparison as a JSON list to this file")
@@ -101,9 +117,11 @@ def main():
         np_env["OPENBLAS_NUM_THREADS"] = str(args.threads)
     if args.kernel:
         ours_env["TC_CPU_GEMM"] = args.kernel
+    if args.numpy_coretype:
+        np_env["OPENBLAS_CORETYPE"] = args.numpy_coretype
 
     load_before = load_average()
-    best_ours, best_np, blas = {}, {}, "unknown"
+    best_ours, best_np, blas, core = {}, {}, "unknown", "unknown"
     with tempfile.TemporaryDirectory(prefix="bench-vs-numpy-") as workdir:
         for rnd in range(args.rounds):
             ours = run_ours(args.cli, ours_env, args.min_seconds, args.quick, workdir)
@@ -115,7 +133,7 @@ def main():
                 if prev is None or r["seconds"] < prev["seconds"]:
                     best_ours[r["case"]] = r
             for r in run_numpy(cases, np_env, args.min_seconds):
-                blas = r["blas"]
+                blas, core = r["blas"], r.get("core", "unknown")
                 if r["case"] not in best_np or r["seconds"] < best_np[r["case"]]:
                     best_np[r["case"]] = r["seconds"]
             print(f"round {rnd + 1}/{args.rounds} done (load average {load_average()})", file=sys.stderr)
@@ -130,7 +148,7 @@ def main():
         rows.append({"case": name, "m": r["m"], "n": r["n"], "k": r["k"], "ours_gflops": round(ours_gf, 2),
                      "numpy_gflops": round(np_gf, 2), "ratio": round(ours_gf / np_gf, 3)})
     threads = args.threads or os.cpu_count()
-    print(f"CPU GEMM vs NumPy/{blas}: best of {args.rounds} rounds, {threads} threads, "
+    print(f"CPU GEMM vs NumPy/{blas} ({core} kernels): best of {args.rounds} rounds, {threads} threads, "
           f"kernel {args.kernel or 'auto'}; load average {load_before} before, {load_after} after")
     print(f"{'case':48} {'m x n x k':>18} {'ours GFLOP/s':>13} {'numpy GFLOP/s':>14} {'ours/numpy':>11}")
     for r in rows:
@@ -140,6 +158,7 @@ def main():
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:
             json.dump({"threads": threads, "kernel": args.kernel or "auto", "rounds": args.rounds, "blas": blas,
+                       "numpy_coretype": args.numpy_coretype or None, "openblas_core": core,
                        "load_before": load_before, "load_after": load_after, "cases": rows}, f, indent=2)
         os.replace(tmp, args.json)
 

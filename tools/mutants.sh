@@ -97,10 +97,12 @@ mutant p2-steps Pipeline src/Pipeline/Stages/Align.fs 'Stages.MethodConstants' \
 # ---- resume and checkpoints (Stages/Convert.fs, Stages/AlignCheckpoint.fs) ---------------------------------
 mutant resume-ignored Pipeline src/Pipeline/Stages/Convert.fs 'Stages.AlignRestore' \
     'convert: persisted layers are ignored and aligned again' \
-    'match hooks.Resume i with' 'match (ignore (hooks.Resume i); None) with'
-mutant checkpoint-trusts-incomplete Pipeline src/Pipeline/Stages/AlignCheckpoint.fs 'Stages.AlignRestore' \
-    'checkpoint: a layer file without q_proj is accepted' \
-    'if w.Wq.Length = 0 || w.Wo.Length = 0 then None' 'if w.Wo.Length = 0 then None'
+    'match hooks.Resume i with
+                    | Some(w, r) -> w, Some r, phase1' 'match (ignore (hooks.Resume i); None) with
+                    | Some(w, r) -> w, Some r, phase1'
+mutant checkpoint-skips-checksum Pipeline src/Pipeline/Stages/AlignCheckpoint.fs 'Stages.AlignRestore;Stages.AlignCheckpoint' \
+    'checkpoint: a layer file is restored without verifying its checksum' \
+    '| Some sum when sum = checksum w ->' '| Some sum when not (isNull sum) ->'
 
 # ---- evaluation (Eval/Perplexity.fs) ---------------------------------------------------------------------
 mutant eval-drop-last-window Pipeline src/Pipeline/Eval/Perplexity.fs 'Llama2c (tiny;Perplexity' \
@@ -142,13 +144,13 @@ mutant stage1-constant-schedule Pipeline src/Pipeline/Distill/Distill.fs 'Cli.di
     'Stage 1: constant rate instead of cosine to 0' \
     'Stage1 _ -> Schedule.Cosine steps' 'Stage1 _ -> Schedule.Constant'
 
-# ---- CLI (Cli/Commands/ConvertCommand.fs) ------------------------------------------------------------------
-mutant cli-resume-any-settings Cli src/Cli/Commands/ConvertCommand.fs 'Cli.convert resume' \
+# ---- Conversion job (Stages/ConvertJob.fs) ------------------------------------------------------------------
+mutant job-resume-any-settings Pipeline src/Pipeline/Stages/ConvertJob.fs 'Stages.ConvertJob;Cli.convert resume' \
     'convert --resume: continues a run started with other settings' \
-    '| true, Some previous when previous <> settings -> usageError' '| true, Some previous when false -> usageError'
-mutant cli-overwrite-out Cli src/Cli/Commands/ConvertCommand.fs 'Cli.convert resume' \
+    'match settingsDifference recorded (settings p) with' 'match (ignore recorded; None) with'
+mutant job-overwrite-out Pipeline src/Pipeline/Stages/ConvertJob.fs 'Stages.ConvertJob;Cli.convert resume' \
     'convert: writes into a non-empty --out without --resume' \
-    '| false, _ -> usageError $"--out {out} exists and is not empty' '| false, _ -> ignore $"--out {out} exists and is not empty'
+    'if before.IsEmpty then Ok(Map.empty, [])' 'if before.IsEmpty || not resume then Ok(Map.empty, [])'
 
 # ---- anchors only ---------------------------------------------------------------------------------------
 if [[ "${1:-}" == --check ]]; then

@@ -92,14 +92,14 @@ public sealed partial class CpuBackend
             switch (op)
             {
                 case UnaryOp.Silu:
-                    TensorPrimitives.Sigmoid(xs, t1);
+                    Simd.Sigmoid(xs, t1, Wide);
                     TensorPrimitives.Multiply(xs, t1, ys);
                     break;
-                case UnaryOp.Sigmoid: TensorPrimitives.Sigmoid(xs, ys); break;
+                case UnaryOp.Sigmoid: Simd.Sigmoid(xs, ys, Wide); break;
                 case UnaryOp.Softplus:
                     for (int i = 0; i < n; i++) ys[i] = Softplus(xs[i]);
                     break;
-                case UnaryOp.Exp: TensorPrimitives.Exp(xs, ys); break;
+                case UnaryOp.Exp: Simd.Exp(xs, ys, Wide); break;
                 case UnaryOp.Log: TensorPrimitives.Log(xs, ys); break;
                 default: throw new ArgumentException($"unknown unary op {op}");
             }
@@ -119,22 +119,22 @@ public sealed partial class CpuBackend
             switch (op)
             {
                 case UnaryOp.Silu:
-                    TensorPrimitives.Sigmoid(xs, t1);
+                    Simd.Sigmoid(xs, t1, Wide);
                     SiluDerivative(xs, t1, t2);
                     TensorPrimitives.Multiply(dys, t2, dxs);
                     break;
                 case UnaryOp.Sigmoid:                                 // σ(1 − σ)
-                    TensorPrimitives.Sigmoid(xs, t1);
+                    Simd.Sigmoid(xs, t1, Wide);
                     TensorPrimitives.Subtract(1f, t1, t2);
                     TensorPrimitives.Multiply(t1, t2, t2);
                     TensorPrimitives.Multiply(dys, t2, dxs);
                     break;
                 case UnaryOp.Softplus:                                // σ
-                    TensorPrimitives.Sigmoid(xs, t1);
+                    Simd.Sigmoid(xs, t1, Wide);
                     TensorPrimitives.Multiply(dys, t1, dxs);
                     break;
                 case UnaryOp.Exp:
-                    TensorPrimitives.Exp(xs, t1);
+                    Simd.Exp(xs, t1, Wide);
                     TensorPrimitives.Multiply(dys, t1, dxs);
                     break;
                 case UnaryOp.Log:                                     // 1/x
@@ -153,7 +153,7 @@ public sealed partial class CpuBackend
         ForBlocks(ty.Count, (s, n, t1, _) =>
         {
             var av = ta.F.AsSpan(s, n);
-            TensorPrimitives.Sigmoid(av, t1);
+            Simd.Sigmoid(av, t1, Wide);
             TensorPrimitives.Multiply(av, t1, t1);                    // silu(a)
             TensorPrimitives.Multiply(t1, tb.F.AsSpan(s, n), ty.F.AsSpan(s, n));
         });
@@ -170,7 +170,7 @@ public sealed partial class CpuBackend
             var av = ta.F.AsSpan(s, n);
             var bv = tb.F.AsSpan(s, n);
             var dyv = tdy.F.AsSpan(s, n);
-            TensorPrimitives.Sigmoid(av, t1);                         // t1 = σ(a)
+            Simd.Sigmoid(av, t1, Wide);                         // t1 = σ(a)
             SiluDerivative(av, t1, t2);                               // t2 = silu′(a)
             TensorPrimitives.Multiply(t2, dyv, t2);
             TensorPrimitives.Multiply(t2, bv, t2);                    // t2 = da

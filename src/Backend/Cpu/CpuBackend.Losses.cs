@@ -2,6 +2,8 @@
 //   softmax   y = e^{x − max} / Σ e^{x − max};  backward dx = y ⊙ (dy − Σ dy ⊙ y)
 //   CE        loss[n] = lse(z_n) − z_n[y_n] (0 where y_n < 0);  dz = gradScale·(softmax(z) − onehot(y))
 //   KL        loss[n] = Σ p_T (ln p_T − ln p_S);  dz_S = gradScale·(p_S − p_T)
+// Reductions and the shifted exponentials run in the backend's vector width (Simd.cs); the other elementwise
+// steps are TensorPrimitives, which takes 512-bit vectors by itself wherever the runtime accelerates them.
 // The losses stream over each row in vocabulary blocks of 1024 with an online log-sum-exp
 // (m' = max(m, max_block); s ← s·e^{m−m'} + Σ e^{z−m'}), then make a second pass for the loss terms and
 // gradients. Scratch is three 1024-float stack blocks per task, never an [N, V] buffer, and a gradient
@@ -21,15 +23,15 @@ public sealed partial class CpuBackend
     {
         var (tx, ty) = SameSize(x, "x", y, "y");
         int rows = Check.Rows(tx, "x", cols);
+        bool wide = Wide;
         Workers.ForRows(rows, cols, (first, count) =>
         {
             for (int r = first; r < first + count; r++)
             {
                 var xr = tx.F.AsSpan(r * cols, cols);
                 var yr = ty.F.AsSpan(r * cols, cols);
-                TensorPrimitives.Subtract(xr, Simd.Max(xr), yr);
-                TensorPrimitives.Exp(yr, yr);
-                TensorPrimitives.Divide(yr, Simd.Sum(yr), yr);
+                float sum = Simd.ExpShiftedSum(xr, Simd.Max(xr, wide), yr, wide);
+                TensorPrimitives.Divide(yr, sum, yr);
             }
         });
     }
@@ -40,6 +42,7 @@ public sealed partial class CpuBackend
     {
         var (ty, tdy, tdx) = SameSize(y, "y", dy, "dy", dx, "dx");
         int rows = Check.Rows(ty, "y", cols);
+        bool wide = Wide;
         Workers.ForRows(rows, cols, (first, count) =>
         {
             for (int r = first; r < first + count; r++)
@@ -47,7 +50,7 @@ public sealed partial class CpuBackend
                 var yr = ty.F.AsSpan(r * cols, cols);
                 var dyr = tdy.F.AsSpan(r * cols, cols);
                 // (dy − Σ dy⊙y) ⊙ y in one elementwise pass, so dx may alias y or dy.
-                TensorPrimitives.AddMultiply(dyr, -Simd.Dot(dyr, yr), yr, tdx.F.AsSpan(r * cols, cols));
+                TensorPrimitives.AddMultiply(dyr, -Simd.Dot(dyr, yr, wide), yr, tdx.F.AsSpan(r * cols, cols));
             }
         });
     }
@@ -60,18 +63,16 @@ public sealed partial class CpuBackend
         public static OnlineLse Empty => new() { max = float.NegativeInfinity, sum = 0 };
 
         /// <summary>Folds one block in; <paramref name="scratch"/> (same length) is overwritten.</summary>
-        public void Add(ReadOnlySpan<float> z, Span<float> scratch)
+        public void Add(ReadOnlySpan<float> z, Span<float> scratch, bool wide)
         {
-            float m = Simd.Max(z);
+            float m = Simd.Max(z, wide);
             if (m > max)                                   // rescale only on a new max (−∞ − −∞ would be NaN)
             {
                 sum *= MathF.Exp(max - m);
                 max = m;
             }
             if (max == float.NegativeInfinity) return;     // every logit so far is −∞: contributes nothing
-            TensorPrimitives.Subtract(z, max, scratch);
-            TensorPrimitives.Exp(scratch, scratch);
-            sum += Simd.Sum(scratch);
+            sum += Simd.ExpShiftedSum(z, max, scratch, wide);
         }
 
         /// <summary>ln Σ e^z = m + ln s.</summary>
@@ -100,6 +101,7 @@ public sealed partial class CpuBackend
             if (ty.I[r] >= v)
                 throw new ArgumentException($"tensor 'targets' {ty.ShapeText} holds {ty.I[r]} at row {r}, outside [0,{v}) of 'logits' {tz.ShapeText}");
 
+        bool wide = Wide;
         Workers.ForRows(n, v, (first, count) =>
         {
             Span<float> scratch = stackalloc float[VocabBlock];
@@ -111,7 +113,7 @@ public sealed partial class CpuBackend
                 for (int o = 0; o < v; o += VocabBlock)
                 {
                     int len = Math.Min(VocabBlock, v - o);
-                    lse.Add(z.Slice(o, len), scratch[..len]);
+                    lse.Add(z.Slice(o, len), scratch[..len], wide);
                 }
                 float logZ = lse.Value;
                 tl.F[r] = target < 0 ? 0f : logZ - z[target];        // read z[target] before any write
@@ -121,10 +123,7 @@ public sealed partial class CpuBackend
                 for (int o = 0; o < v; o += VocabBlock)              // d = gradScale·e^{z − lse}
                 {
                     int len = Math.Min(VocabBlock, v - o);
-                    var db = d.Slice(o, len);
-                    TensorPrimitives.Subtract(z.Slice(o, len), logZ, db);
-                    TensorPrimitives.Exp(db, db);
-                    TensorPrimitives.Multiply(db, gradScale, db);
+                    Simd.ScaledExpShifted(z.Slice(o, len), logZ, gradScale, d.Slice(o, len), wide);
                 }
                 d[target] -= gradScale;                                // − gradScale·onehot
             }
@@ -140,6 +139,7 @@ public sealed partial class CpuBackend
         var (n, v) = CheckLogits(tt, "teacher", tl);
         var td = dstudent is null ? null : SameSize(student, "student", dstudent, "dstudent").Item2;
 
+        bool wide = Wide;
         Workers.ForRows(n, v, (first, count) =>
         {
             Span<float> t1 = stackalloc float[VocabBlock];
@@ -153,8 +153,8 @@ public sealed partial class CpuBackend
                 for (int o = 0; o < v; o += VocabBlock)
                 {
                     int len = Math.Min(VocabBlock, v - o);
-                    lseT.Add(zt.Slice(o, len), t1[..len]);
-                    lseS.Add(zs.Slice(o, len), t1[..len]);
+                    lseT.Add(zt.Slice(o, len), t1[..len], wide);
+                    lseS.Add(zs.Slice(o, len), t1[..len], wide);
                 }
                 float logZt = lseT.Value, logZs = lseS.Value, kl = 0;
                 for (int o = 0; o < v; o += VocabBlock)
@@ -163,13 +163,13 @@ public sealed partial class CpuBackend
                     Span<float> lt = t1[..len], ls = t2[..len], ps = t3[..len];
                     TensorPrimitives.Subtract(zt.Slice(o, len), logZt, lt);     // ln p_T
                     TensorPrimitives.Subtract(zs.Slice(o, len), logZs, ls);     // ln p_S
-                    TensorPrimitives.Exp(ls, ps);                               // p_S
+                    Simd.Exp(ls, ps, wide);                                   // p_S
                     TensorPrimitives.Subtract(lt, ls, ls);                      // ln p_T − ln p_S
                     // A masked teacher logit (−∞) gives p_T = 0 and a −∞ or NaN log ratio; clamping the
                     // ratio to a finite value makes that term 0·finite = 0, as the limit p ln p → 0 says.
                     TensorPrimitives.MaxNumber(ls, float.MinValue, ls);
-                    TensorPrimitives.Exp(lt, lt);                               // p_T
-                    kl += Simd.Dot(lt, ls);
+                    Simd.Exp(lt, lt, wide);                                   // p_T
+                    kl += Simd.Dot(lt, ls, wide);
                     if (td is not null)
                     {
                         TensorPrimitives.Subtract(ps, lt, ps);

@@ -30,13 +30,14 @@ public sealed partial class CpuBackend
         int cols = checked((int)tw.Count);
         int rows = Check.Rows(tx, "x", cols);
         CheckPerRow(tr, "rstd", rows, tx, "x");
+        bool wide = Wide;
         Workers.ForRows(rows, cols, (first, count) =>
         {
             for (int row = first; row < first + count; row++)
             {
                 var xr = tx.F.AsSpan(row * cols, cols);
                 var yr = ty.F.AsSpan(row * cols, cols);
-                float r = 1f / MathF.Sqrt(Simd.SumOfSquares(xr) / cols + eps);
+                float r = 1f / MathF.Sqrt(Simd.SumOfSquares(xr, wide) / cols + eps);
                 tr.F[row] = r;
                 TensorPrimitives.Multiply(xr, r, yr);
                 TensorPrimitives.Multiply(yr, tw.F, yr);
@@ -60,6 +61,7 @@ public sealed partial class CpuBackend
         int perGroup = (rows + groups - 1) / groups;
         groups = Math.Max(1, (rows + perGroup - 1) / perGroup);
         var partial = new float[groups * cols];
+        bool wide = Wide;
         Workers.For(groups, (long)rows * cols, gi =>
         {
             var g = new float[cols];                                          // w ⊙ dy of one row
@@ -71,7 +73,7 @@ public sealed partial class CpuBackend
                 var dyr = tdy.F.AsSpan(row * cols, cols);
                 float r = tr.F[row];
                 TensorPrimitives.Multiply(tw.F, dyr, g);
-                float mean = Simd.Dot(g, xr) / cols;
+                float mean = Simd.Dot(g, xr, wide) / cols;
                 // dw partial += dy ⊙ x·r  (before dx is written: dx may alias dy)
                 TensorPrimitives.Multiply(dyr, xr, p);
                 TensorPrimitives.MultiplyAdd(p, r, pdw, pdw);
@@ -92,12 +94,13 @@ public sealed partial class CpuBackend
         var tr = F32(rstd, "rstd");
         int rows = Check.Rows(tx, "x", cols);
         CheckPerRow(tr, "rstd", rows, tx, "x");
+        bool wide = Wide;
         Workers.ForRows(rows, cols, (first, count) =>
         {
             for (int row = first; row < first + count; row++)
             {
                 var xr = tx.F.AsSpan(row * cols, cols);
-                float r = 1f / MathF.Sqrt(Simd.SumOfSquares(xr) + eps);
+                float r = 1f / MathF.Sqrt(Simd.SumOfSquares(xr, wide) + eps);
                 tr.F[row] = r;
                 TensorPrimitives.Multiply(xr, r, ty.F.AsSpan(row * cols, cols));
             }
@@ -112,6 +115,7 @@ public sealed partial class CpuBackend
         var tr = F32(rstd, "rstd");
         int rows = Check.Rows(ty, "y", cols);
         CheckPerRow(tr, "rstd", rows, ty, "y");
+        bool wide = Wide;
         Workers.ForRows(rows, cols, (first, count) =>
         {
             for (int row = first; row < first + count; row++)
@@ -119,7 +123,7 @@ public sealed partial class CpuBackend
                 var yr = ty.F.AsSpan(row * cols, cols);
                 var dyr = tdy.F.AsSpan(row * cols, cols);
                 var dxr = tdx.F.AsSpan(row * cols, cols);
-                float d = Simd.Dot(dyr, yr);
+                float d = Simd.Dot(dyr, yr, wide);
                 TensorPrimitives.MultiplyAdd(yr, -d, dyr, dxr);                // dy − (dy·y)·y
                 TensorPrimitives.Multiply(dxr, tr.F[row], dxr);
             }

@@ -19,12 +19,13 @@ public sealed partial class CpuBackend
     {
         var (tx, tr) = (F32(x, "x"), F32(result, "result"));
         Check.That(tr.Count >= 1, $"reduce: tensor 'result' has shape {tr.ShapeText}, expected at least one element");
+        bool wide = Wide;
         tr.F[0] = op switch
         {
-            ReduceOp.Sum => ReduceChunks(tx.F, Simd.Sum, pairwise: true),
-            ReduceOp.Mean => ReduceChunks(tx.F, Simd.Sum, pairwise: true) / tx.Count,
-            ReduceOp.SumOfSquares => ReduceChunks(tx.F, Simd.SumOfSquares, pairwise: true),
-            ReduceOp.MaxAbs => ReduceChunks(tx.F, Simd.MaxAbs, pairwise: false),
+            ReduceOp.Sum => ReduceChunks(tx.F, x => Simd.Sum(x, wide), pairwise: true),
+            ReduceOp.Mean => ReduceChunks(tx.F, x => Simd.Sum(x, wide), pairwise: true) / tx.Count,
+            ReduceOp.SumOfSquares => ReduceChunks(tx.F, x => Simd.SumOfSquares(x, wide), pairwise: true),
+            ReduceOp.MaxAbs => ReduceChunks(tx.F, x => Simd.MaxAbs(x, wide), pairwise: false),
             _ => throw new ArgumentException($"unknown reduction {op}"),
         };
     }
@@ -37,7 +38,7 @@ public sealed partial class CpuBackend
         if (chunks == 0) return 0;
         var part = new float[chunks];
         Workers.ForChunks(x.Length, (s, n) => part[s / CpuParallel.ElementChunk] = chunk(x.AsSpan(s, n)));
-        if (!pairwise) return Simd.MaxAbs(part);                      // partial maxima are ≥ 0
+        if (!pairwise) return Simd.MaxAbs(part, wide: false);                      // partial maxima are ≥ 0
         for (int width = 1; width < chunks; width *= 2)               // ((p0+p1)+(p2+p3)) + ...
             for (int i = 0; i + width < chunks; i += 2 * width)
                 part[i] += part[i + width];
@@ -55,35 +56,52 @@ public sealed partial class CpuBackend
         float decay = 1f - lr * spec.WeightDecay;
         float invBias1 = (float)(1.0 / (1.0 - Math.Pow(b1, spec.Step)));    // 1/(1 − β₁ᵗ)
         float invBias2 = (float)(1.0 / (1.0 - Math.Pow(b2, spec.Step)));    // 1/(1 − β₂ᵗ)
+        bool wide = Wide;
         Workers.ForChunks(tp.Count, (s, n) =>
-        {
-            var p = tp.F.AsSpan(s, n);
-            var g = tg.F.AsSpan(s, n);
-            var mm = tm.F.AsSpan(s, n);
-            var vv = tv.F.AsSpan(s, n);
-            int i = 0;
-            ref float pp = ref MemoryMarshal.GetReference(p);
-            ref float pg = ref MemoryMarshal.GetReference(g);
-            ref float pm = ref MemoryMarshal.GetReference(mm);
-            ref float pv = ref MemoryMarshal.GetReference(vv);
-            for (; i <= n - 8; i += 8)
+            AdamWChunk(tp.F.AsSpan(s, n), tg.F.AsSpan(s, n), tm.F.AsSpan(s, n), tv.F.AsSpan(s, n),
+                       lr, b1, b2, eps, decay, invBias1, invBias2, wide));
+    }
+
+    /// <summary>One chunk of the AdamW step: Vector512 (when <paramref name="wide"/>), then Vector256 blocks,
+    /// then the scalar loop, which is the specification. Each element's arithmetic is the same in every form
+    /// (vector division and square root are correctly rounded, like the scalar ones), so all give the same bits.</summary>
+    internal static void AdamWChunk(Span<float> p, ReadOnlySpan<float> g, Span<float> mm, Span<float> vv,
+                                    float lr, float b1, float b2, float eps, float decay, float invBias1, float invBias2, bool wide)
+    {
+        int n = p.Length, i = 0;
+        ref float pp = ref MemoryMarshal.GetReference(p);
+        ref float pg = ref MemoryMarshal.GetReference(g);
+        ref float pm = ref MemoryMarshal.GetReference(mm);
+        ref float pv = ref MemoryMarshal.GetReference(vv);
+        if (wide)
+            for (; i <= n - 16; i += 16)
             {
-                var gi = Vector256.LoadUnsafe(ref pg, (nuint)i);
-                var mi = b1 * Vector256.LoadUnsafe(ref pm, (nuint)i) + (1 - b1) * gi;
-                var vi = b2 * Vector256.LoadUnsafe(ref pv, (nuint)i) + (1 - b2) * gi * gi;
-                var pi = Vector256.LoadUnsafe(ref pp, (nuint)i) * decay;
-                pi -= lr * (mi * invBias1) / (Vector256.Sqrt(vi * invBias2) + Vector256.Create(eps));
+                var gi = Vector512.LoadUnsafe(ref pg, (nuint)i);
+                var mi = b1 * Vector512.LoadUnsafe(ref pm, (nuint)i) + (1 - b1) * gi;
+                var vi = b2 * Vector512.LoadUnsafe(ref pv, (nuint)i) + (1 - b2) * gi * gi;
+                var pi = Vector512.LoadUnsafe(ref pp, (nuint)i) * decay;
+                pi -= lr * (mi * invBias1) / (Vector512.Sqrt(vi * invBias2) + Vector512.Create(eps));
                 mi.StoreUnsafe(ref pm, (nuint)i);
                 vi.StoreUnsafe(ref pv, (nuint)i);
                 pi.StoreUnsafe(ref pp, (nuint)i);
             }
-            for (; i < n; i++)                                                 // the same step, scalar
-            {
-                mm[i] = b1 * mm[i] + (1 - b1) * g[i];
-                vv[i] = b2 * vv[i] + (1 - b2) * g[i] * g[i];
-                p[i] = p[i] * decay - lr * (mm[i] * invBias1) / (MathF.Sqrt(vv[i] * invBias2) + eps);
-            }
-        });
+        for (; i <= n - 8; i += 8)
+        {
+            var gi = Vector256.LoadUnsafe(ref pg, (nuint)i);
+            var mi = b1 * Vector256.LoadUnsafe(ref pm, (nuint)i) + (1 - b1) * gi;
+            var vi = b2 * Vector256.LoadUnsafe(ref pv, (nuint)i) + (1 - b2) * gi * gi;
+            var pi = Vector256.LoadUnsafe(ref pp, (nuint)i) * decay;
+            pi -= lr * (mi * invBias1) / (Vector256.Sqrt(vi * invBias2) + Vector256.Create(eps));
+            mi.StoreUnsafe(ref pm, (nuint)i);
+            vi.StoreUnsafe(ref pv, (nuint)i);
+            pi.StoreUnsafe(ref pp, (nuint)i);
+        }
+        for (; i < n; i++)                                                 // the same step, scalar
+        {
+            mm[i] = b1 * mm[i] + (1 - b1) * g[i];
+            vv[i] = b2 * vv[i] + (1 - b2) * g[i] * g[i];
+            p[i] = p[i] * decay - lr * (mm[i] * invBias1) / (MathF.Sqrt(vv[i] * invBias2) + eps);
+        }
     }
 
     /// <inheritdoc />
@@ -96,7 +114,8 @@ public sealed partial class CpuBackend
         var ts = new CpuTensor[grads.Count];
         for (int i = 0; i < ts.Length; i++) ts[i] = F32(grads[i], $"grads[{i}]");
         float total = 0;
-        foreach (var t in ts) total += ReduceChunks(t.F, Simd.SumOfSquares, pairwise: true);    // list order
+        bool wide = Wide;
+        foreach (var t in ts) total += ReduceChunks(t.F, x => Simd.SumOfSquares(x, wide), pairwise: true);    // list order
         float n = MathF.Sqrt(total);
         tn.F[0] = n;
         if (!(n > maxNorm)) return;

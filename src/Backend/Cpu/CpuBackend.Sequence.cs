@@ -22,7 +22,7 @@ public sealed partial class CpuBackend
         if (probs is not null) Check.Shape(probs, "probs", B, H, T, T);
         FlashAttention.Forward(F32(q, "q").F, F32(k, "k").F, F32(v, "v").F, F32(o, "o").F, F32(lse, "lse").F,
                                stats is null ? null : F32(stats, "stats").F, probs is null ? null : F32(probs, "probs").F,
-                               new AttentionDims(B, T, H, Hkv, D), scale);
+                               new AttentionDims(B, T, H, Hkv, D), scale, Wide);
     }
 
     /// <inheritdoc />
@@ -36,7 +36,7 @@ public sealed partial class CpuBackend
         Check.Shape(dk, "dk", B, T, Hkv, D);
         Check.Shape(dv, "dv", B, T, Hkv, D);
         FlashAttention.Backward(F32(q, "q").F, F32(k, "k").F, F32(v, "v").F, F32(o, "o").F, F32(lse, "lse").F, F32(dO, "dO").F,
-                                F32(dq, "dq").F, F32(dk, "dk").F, F32(dv, "dv").F, new AttentionDims(B, T, H, Hkv, D), scale);
+                                F32(dq, "dq").F, F32(dk, "dk").F, F32(dv, "dv").F, new AttentionDims(B, T, H, Hkv, D), scale, Wide);
     }
 
 
@@ -53,6 +53,7 @@ public sealed partial class CpuBackend
         float[] of = F32(o, "o").F;
         float[]? htf = ht is null ? null : F32(ht, "ht").F;
         var s = spec;
+        bool wide = Wide;
         Parallel.For(0, B * H, bh =>
         {
             int b = bh / H, h = bh % H;
@@ -60,17 +61,17 @@ public sealed partial class CpuBackend
             var oh = Workspace.Get(Workspace.Slot.Output, (long)T * V);   // (T, V)
             var state = Workspace.Get(Workspace.Slot.State, (long)K * V); // (K, V) h0 or zeros, then the final state
             if (p.H0 is null) state.AsSpan(0, K * V).Clear(); else p.H0.AsSpan(0, K * V).CopyTo(state);
-            if (s.Mode == GdnMode.Chunked) GdnChunked.Forward(p, s.ChunkSize, s.Scale, oh, state, null);
-            else RecurrentForward(p, s.Scale, oh, state);
+            if (s.Mode == GdnMode.Chunked) GdnChunked.Forward(p, s.ChunkSize, s.Scale, oh, state, null, wide);
+            else RecurrentForward(p, s.Scale, oh, state, wide);
             GdnHead.ScatterRows(oh, of, b, h, T, H, V);
             if (htf is not null) state.AsSpan(0, K * V).CopyTo(htf.AsSpan((int)((long)bh * K * V), K * V));
         });
     }
 
-    static unsafe void RecurrentForward(GdnHead p, float scale, float[] o, float[] state)
+    static unsafe void RecurrentForward(GdnHead p, float scale, float[] o, float[] state, bool wide)
     {
         var work = new float[2 * p.V];
-        fixed (float* s = state, op = o, w = work) GdnRecurrent.Forward(p, 0, p.T, scale, s, op, w);
+        fixed (float* s = state, op = o, w = work) GdnRecurrent.Forward(p, 0, p.T, scale, s, op, w, wide);
     }
 
     /// <inheritdoc />
@@ -93,6 +94,7 @@ public sealed partial class CpuBackend
         float[] dqf = F32(dq, "dq").F, dkf = F32(dk, "dk").F, dvf = F32(dv, "dv").F, dgf = F32(dg, "dg").F, dbf = F32(dbeta, "dbeta").F;
         float[]? dh0f = dh0 is null ? null : F32(dh0, "dh0").F;
         var s = spec;
+        bool wide = Wide;
         Parallel.For(0, B * H, bh =>
         {
             int b = bh / H, h = bh % H;
@@ -106,8 +108,8 @@ public sealed partial class CpuBackend
                 dhtf.AsSpan((int)((long)bh * K * V), K * V).CopyTo(dhth);
             }
             var gr = new GdnHeadGrads(T, K, V);
-            if (s.Mode == GdnMode.Chunked) GdnChunkedBackward.Run(p, s.ChunkSize, s.Scale, dOh, dhth, gr);
-            else GdnRecurrent.Backward(p, dOh, dhth, s.Scale, gr);
+            if (s.Mode == GdnMode.Chunked) GdnChunkedBackward.Run(p, s.ChunkSize, s.Scale, dOh, dhth, gr, wide);
+            else GdnRecurrent.Backward(p, dOh, dhth, s.Scale, gr, wide);
             if (s.L2NormQK)
             {
                 GdnHead.L2NormBackward(gr.DQ, p.Q, p.RstdQ!, T, K);

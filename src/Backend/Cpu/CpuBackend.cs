@@ -14,13 +14,29 @@ public sealed partial class CpuBackend : IBackend
     /// <summary>Opens the CPU backend.</summary>
     /// <param name="threads">Worker threads for parallel ops; 0 (the default) uses every core. Results do
     /// not depend on this number: work is split by shape, never by thread count.</param>
-    /// <exception cref="ArgumentException"><paramref name="threads"/> is negative.</exception>
-    public CpuBackend(int threads = 0)
+    /// <exception cref="ArgumentException"><paramref name="threads"/> is negative, or TC_CPU_SIMD names no
+    /// width this process runs.</exception>
+    public CpuBackend(int threads = 0) : this(threads, CpuVectorWidths.FromEnvironment()) { }
+
+    /// <summary>Opens the CPU backend with the given vector width for its non-GEMM kernels (TC_CPU_SIMD is
+    /// not read).</summary>
+    /// <exception cref="ArgumentException"><paramref name="threads"/> is negative, or this process cannot run
+    /// <paramref name="width"/>.</exception>
+    public CpuBackend(int threads, CpuVectorWidth width)
     {
         if (threads < 0) throw new ArgumentException($"CPU backend thread count must be ≥ 0, got {threads}", nameof(threads));
+        if (!CpuVectorWidths.IsSupported(width))
+            throw new ArgumentException($"CPU backend: this process cannot run the {CpuVectorWidths.Name(width)} vector width", nameof(width));
         this.threads = threads == 0 ? Environment.ProcessorCount : threads;
         Workers = new CpuParallel(this.threads);
+        VectorWidth = width;
     }
+
+    /// <summary>Vector width of the attention, gated-delta-rule, row and optimiser kernels (VectorWidth.cs).</summary>
+    public CpuVectorWidth VectorWidth { get; }
+
+    /// <summary>Whether those kernels take their 512-bit forms.</summary>
+    internal bool Wide => VectorWidth == CpuVectorWidth.Avx512;
 
     /// <summary>How many threads parallel ops use.</summary>
     public int Threads => threads;
@@ -32,12 +48,16 @@ public sealed partial class CpuBackend : IBackend
     public string Name => "cpu";
 
     /// <inheritdoc />
-    public DeviceInfo Info => Describe();
+    public DeviceInfo Info => Describe(GemmKernel, VectorWidth);
 
-    /// <summary>Describes the CPU backend (cores, SIMD width).</summary>
-    public static DeviceInfo Describe() =>
-        new("CPU backend", "cpu", "", ".NET " + Environment.Version, 0, System.Numerics.Vector<float>.Count,
-            $"{Environment.ProcessorCount} cores, {MicroKernels.Describe(ActiveGemmKernel)}{Forced}");
+    /// <summary>Describes a CPU backend opened now (cores, GEMM kernel, vector width of the other kernels).</summary>
+    public static DeviceInfo Describe() => Describe(ActiveGemmKernel, ActiveWidth);
+
+    static DeviceInfo Describe(GemmKernelKind kernel, CpuVectorWidth width) =>
+        new("CPU backend", "cpu", "", ".NET " + Environment.Version, 0,
+            width == CpuVectorWidth.Avx512 ? 16 : System.Numerics.Vector<float>.Count,
+            $"{Environment.ProcessorCount} cores, {MicroKernels.Describe(kernel)}{Forced}, " +
+            $"{(width == CpuVectorWidth.Avx512 ? "512" : "256")}-bit vector kernels{ForcedWidth}");
 
     /// <summary>The GEMM kernel a new backend uses: forced by TC_CPU_GEMM, else the best this processor runs.</summary>
     static GemmKernelKind ActiveGemmKernel
@@ -48,6 +68,20 @@ public sealed partial class CpuBackend : IBackend
             catch (ArgumentException) { return MicroKernels.Best; }
         }
     }
+
+    /// <summary>The vector width a new backend uses: forced by TC_CPU_SIMD, else the widest this process runs.</summary>
+    static CpuVectorWidth ActiveWidth
+    {
+        get
+        {
+            try { return CpuVectorWidths.FromEnvironment(); }
+            catch (ArgumentException) { return CpuVectorWidths.Best; }
+        }
+    }
+
+    static string ForcedWidth =>
+        string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable(CpuVectorWidths.ForceVariable)) ? ""
+        : $" (forced by {CpuVectorWidths.ForceVariable})";
 
     static string Forced =>
         string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable(MicroKernels.ForceVariable)) ? ""

@@ -53,13 +53,14 @@ let runAttention (be: IBackend) (opts: BenchOptions) (report: BenchRecord -> uni
         report r2
         yield r2 ]
 
-let private gdnForwardFlops (mode: GdnMode) (chunk: int) (s: Shape) =
-    let k, v, c = float s.D, float s.D, float chunk
+/// Useful FLOPs of one GDN forward (either form, chunk size `chunk`) over T tokens, H heads, K = V = D.
+let gdnForwardFlops (mode: GdnMode) (chunk: int) (t: int) (h: int) (d: int) =
+    let k, v, c = float d, float d, float chunk
     let perTokenHead =
         match mode with
         | GdnMode.Recurrent -> 7.0 * k * v
         | _ -> c * k + c * c / 3.0 + 2.0 * c * (k + v) + 6.0 * k * v + c * (k + v)
-    perTokenHead * float s.T * float s.H
+    perTokenHead * float t * float h
 
 /// GDN forward and forward+backward in both forms (L2-normalised q, k as the student uses them).
 let runGdn (be: IBackend) (opts: BenchOptions) (report: BenchRecord -> unit) =
@@ -81,7 +82,7 @@ let runGdn (be: IBackend) (opts: BenchOptions) (report: BenchRecord -> unit) =
             let spec = GdnSpec(1.0f / sqrt (float32 s.D), true, mode, 64)
             let form = if mode = GdnMode.Chunked then "chunked" else "recurrent"
             let name = $"{form} T={s.T} H={s.H} K=V={s.D}"
-            let flops = gdnForwardFlops mode 64 s
+            let flops = gdnForwardFlops mode 64 s.T s.H s.D
             let supported =
                 try
                     be.GdnForward(q, k, v, g, beta, null, o, null, spec)

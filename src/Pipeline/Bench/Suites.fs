@@ -9,6 +9,7 @@ let all: (string * string * (IBackend -> BenchOptions -> (BenchRecord -> unit) -
     [ "gemm", "fp32 GEMM GFLOP/s: square 256–2048 and LLM-layer shapes", GemmSuite.run
       "attention", "causal GQA softmax attention tokens/s, forward and forward+backward, T 512–8192", SequenceSuite.runAttention
       "gdn", "gated delta rule tokens/s, chunked vs recurrent, forward and forward+backward, T 512–8192", SequenceSuite.runGdn
+      "cpu-vector", "CPU only: row kernels, AdamW, attention and GDN in 256- and 512-bit vectors, A/B in one process, and the same run's GEMM rate", CpuVectorSuite.run
       "teacher", "teacher forward tokens/s: stories260K shape and a 4-layer D256 Llama (random weights)", TeacherSuite.run
       "align", "seconds per Phase-2 alignment step of a D=1024, 16x64-head GDN layer on 4x256 tokens", AlignSuite.run
       "train", "training tokens/s and model FLOP rate (4-layer D256 GQA Llama, B=8 T=256 on the CPU; a small model elsewhere), with and without recompute", TrainSuite.run

@@ -22,18 +22,18 @@ internal static unsafe partial class FlashAttention
 
     /// <summary>
     /// o [B,T,H,D], lse [B,H,T] = m + ln l (natural log); stats [B,H,2] (mean distance, mean entropy) and
-    /// probs [B,H,T,T] when not null.
+    /// probs [B,H,T,T] when not null. <paramref name="wide"/>: 512-bit tile products and exponentials.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Forward(float[] q, float[] k, float[] v, float[] o, float[] lse, float[]? stats, float[]? probs,
-                               AttentionDims d, float scale)
+                               AttentionDims d, float scale, bool wide)
     {
         int nQB = (d.T + BR - 1) / BR;
         var partial = stats is null ? null : new double[(long)d.B * d.H * nQB * 2]; // per item Σ_rows (distance, entropy)
         Parallel.For(0, d.B * d.H * nQB, item =>
         {
             int qb = item % nQB, bh = item / nQB, b = bh / d.H, h = bh % d.H;
-            ForwardTile(q, k, v, o, lse, partial, item, d, b, h, qb * BR, Math.Min(d.T, qb * BR + BR), scale);
+            ForwardTile(q, k, v, o, lse, partial, item, d, b, h, qb * BR, Math.Min(d.T, qb * BR + BR), scale, wide);
         });
         if (stats is not null)
         {
@@ -51,7 +51,7 @@ internal static unsafe partial class FlashAttention
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void ForwardTile(float[] q, float[] k, float[] v, float[] o, float[] lse, double[]? partial, int item,
-                            AttentionDims d, int b, int h, int i0, int i1, float scale)
+                            AttentionDims d, int b, int h, int i0, int i1, float scale, bool wide)
     {
         int D = d.D, T = d.T, hk = h / d.Group, nr = i1 - i0;
         int qStride = d.H * D, kvStride = d.Hkv * D;
@@ -74,7 +74,7 @@ internal static unsafe partial class FlashAttention
                 float* kb = kp + ((long)(b * T + j0) * d.Hkv + hk) * D;
                 float* vb = vp + ((long)(b * T + j0) * d.Hkv + hk) * D;
                 SmallMatrix.Transpose(kb, nc, D, kvStride, kT, BC);
-                SmallMatrix.Gemm(nr, nc, D, qb, qStride, 1, kT, BC, S, BC, scale);
+                SmallMatrix.Gemm(wide, nr, nc, D, qb, qStride, 1, kT, BC, S, BC, scale);
                 for (int r = 0; r < nr; r++)
                 {
                     int i = i0 + r;
@@ -83,16 +83,17 @@ internal static unsafe partial class FlashAttention
                     if (valid <= 0) { new Span<float>(sr, nc).Clear(); continue; }
                     float mx = m[r];
                     for (int c = 0; c < valid; c++) mx = MathF.Max(mx, sr[c]);
-                    float alpha = MathF.Exp(m[r] - mx);
-                    ExpRow(sr, valid, nc, mx, i - j0, out float ps, out float pd, out float pss);
+                    float alpha = MathF.Exp(m[r] - mx), ps, pd, pss;
+                    if (wide) ExpRowWide(sr, valid, nc, mx, i - j0, out ps, out pd, out pss);
+                    else ExpRow(sr, valid, nc, mx, i - j0, out ps, out pd, out pss);
                     l[r] = l[r] * alpha + ps;
                     sD[r] = sD[r] * alpha + pd;
                     sS[r] = sS[r] * alpha + pss;
                     m[r] = mx;
                     if (alpha != 1f) SmallMatrix.ScaleInPlace(alpha, acc + r * D, D);
                 }
-                if (j0 == 0) SmallMatrix.Gemm(nr, D, nc, S, BC, 1, vb, kvStride, acc, D);
-                else SmallMatrix.Gemm(nr, D, nc, S, BC, 1, vb, kvStride, acc, D, 1f, accumulate: true);
+                if (j0 == 0) SmallMatrix.Gemm(wide, nr, D, nc, S, BC, 1, vb, kvStride, acc, D);
+                else SmallMatrix.Gemm(wide, nr, D, nc, S, BC, 1, vb, kvStride, acc, D, 1f, accumulate: true);
             }
             double dist = 0, ent = 0;
             for (int r = 0; r < nr; r++)
@@ -111,9 +112,9 @@ internal static unsafe partial class FlashAttention
     }
 
     // s[c] ← e^{s[c]−m} for c < valid (arguments ≤ 0), 0 for valid ≤ c < n; returns Σp, Σp·max(off−c, 0.5), Σp·s
-    // where off = i − j0 (so off − c = i − j).
+    // where off = i − j0 (so off − c = i − j). The specification is the scalar loop at the end.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void ExpRow(float* s, int valid, int n, float m, int off, out float ps, out float pd, out float pss)
+    internal static void ExpRow(float* s, int valid, int n, float m, int off, out float ps, out float pd, out float pss)
     {
         var vm = Vector256.Create(m);
         var vaccP = Vector256<float>.Zero;
@@ -165,5 +166,57 @@ internal static unsafe partial class FlashAttention
                     new Span<float>(row + i + 1, T - i - 1).Clear();
                 }
         });
+    }
+
+    // ExpRow in Vector512: 16 columns at a time, then at most one 8-column step and the scalar tail, so every
+    // p is the same exp as in ExpRow (bit for bit); the three sums run over 16 lanes, so they differ from
+    // ExpRow's by rounding only.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void ExpRowWide(float* s, int valid, int n, float m, int off, out float ps, out float pd, out float pss)
+    {
+        var wm = Vector512.Create(m);
+        var waccP = Vector512<float>.Zero;
+        var waccD = Vector512<float>.Zero;
+        var waccS = Vector512<float>.Zero;
+        var whalf = Vector512.Create(0.5f);
+        var wlane = Vector512.Create(0f, 1f, 2f, 3f, 4f, 5f, 6f, 7f, 8f, 9f, 10f, 11f, 12f, 13f, 14f, 15f);
+        int c = 0;
+        for (; c + 16 <= valid; c += 16)
+        {
+            var x = Vector512.Load(s + c);
+            var p = Vector512.Exp(x - wm);
+            p.Store(s + c);
+            var dist = Vector512.Max(Vector512.Create((float)(off - c)) - wlane, whalf);
+            waccP += p;
+            waccD = Vector512.FusedMultiplyAdd(p, dist, waccD);
+            waccS = Vector512.FusedMultiplyAdd(p, x, waccS);
+        }
+        var vaccP = waccP.GetLower() + waccP.GetUpper();
+        var vaccD = waccD.GetLower() + waccD.GetUpper();
+        var vaccS = waccS.GetLower() + waccS.GetUpper();
+        if (c + 8 <= valid)
+        {
+            var vm = Vector256.Create(m);
+            var x = Vector256.Load(s + c);
+            var p = Vector256.Exp(x - vm);
+            p.Store(s + c);
+            var dist = Vector256.Max(Vector256.Create((float)(off - c)) - Vector256.Create(0f, 1f, 2f, 3f, 4f, 5f, 6f, 7f), Vector256.Create(0.5f));
+            vaccP += p;
+            vaccD = Vector256.FusedMultiplyAdd(p, dist, vaccD);
+            vaccS = Vector256.FusedMultiplyAdd(p, x, vaccS);
+            c += 8;
+        }
+        float sp = Vector256.Sum(vaccP), sd = Vector256.Sum(vaccD), sx = Vector256.Sum(vaccS);
+        for (; c < valid; c++)
+        {
+            float x = s[c];
+            float p = MathF.Exp(x - m);
+            s[c] = p;
+            sp += p;
+            sd += p * MathF.Max(off - c, 0.5f);
+            sx += p * x;
+        }
+        for (; c < n; c++) s[c] = 0f;
+        ps = sp; pd = sd; pss = sx;
     }
 }

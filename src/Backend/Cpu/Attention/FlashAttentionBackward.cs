@@ -9,10 +9,11 @@ namespace TaylorCalibrate.Backend.Cpu;
 
 internal static unsafe partial class FlashAttention
 {
-    /// <summary>dq [B,T,H,D]; dk, dv [B,T,Hkv,D] (overwritten, summed over each group's query heads).</summary>
+    /// <summary>dq [B,T,H,D]; dk, dv [B,T,Hkv,D] (overwritten, summed over each group's query heads).
+    /// <paramref name="wide"/>: 512-bit tile products and exponentials (the same bits as the 256-bit forms).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Backward(float[] q, float[] k, float[] v, float[] o, float[] lse, float[] dO,
-                                float[] dq, float[] dk, float[] dv, AttentionDims d, float scale)
+                                float[] dq, float[] dk, float[] dv, AttentionDims d, float scale, bool wide)
     {
         int T = d.T, D = d.D, nB = (T + BR - 1) / BR;
         var delta = new float[(long)d.B * d.H * T];   // (B, H, T) δ_i = dO_i·O_i
@@ -26,43 +27,59 @@ internal static unsafe partial class FlashAttention
                     delta[(long)bh * T + i] = SmallMatrix.Dot(op + off, dop + off, D);
                 }
         });
-        Parallel.For(0, d.B * d.Hkv * nB, item => KeyValueTile(q, k, v, lse, dO, delta, dk, dv, d, item, scale));
-        Parallel.For(0, d.B * d.H * nB, item => QueryTile(q, k, v, lse, dO, delta, dq, d, item, scale));
+        Parallel.For(0, d.B * d.Hkv * nB, item => KeyValueTile(q, k, v, lse, dO, delta, dk, dv, d, item, scale, wide));
+        Parallel.For(0, d.B * d.H * nB, item => QueryTile(q, k, v, lse, dO, delta, dq, d, item, scale, wide));
     }
 
     // P = e^{scale·Q Kᵀ − lse} (masked before exp), then dS = P ⊙ (dO Vᵀ − δ). S, dP: (BR, BC).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void ProbsAndScoreGrads(float* qb, float* dOb, float* kT, float* vT, int nr, int nc, int i0, int j0,
-                                   float* lseRow, float* deltaRow, int stride, int D, float scale, float* S, float* dP)
+                                   float* lseRow, float* deltaRow, int stride, int D, float scale, float* S, float* dP, bool wide)
     {
-        SmallMatrix.Gemm(nr, nc, D, qb, stride, 1, kT, BC, S, BC, scale);
-        SmallMatrix.Gemm(nr, nc, D, dOb, stride, 1, vT, BC, dP, BC);
+        SmallMatrix.Gemm(wide, nr, nc, D, qb, stride, 1, kT, BC, S, BC, scale);
+        SmallMatrix.Gemm(wide, nr, nc, D, dOb, stride, 1, vT, BC, dP, BC);
         for (int r = 0; r < nr; r++)
+            ProbsAndScoreGradsRow(S + r * BC, dP + r * BC, Math.Clamp(i0 + r - j0 + 1, 0, nc), nc, lseRow[r], deltaRow[r], wide);
+    }
+
+    // One row: s[c] ← p = e^{s[c] − lse}, dp[c] ← p·(dp[c] − δ) for c < valid, both 0 for valid ≤ c < n.
+    // The wide form takes 16 columns at a time, then the same 8-column and scalar steps as the narrow one,
+    // so each column goes through the same exp and the bits agree. The scalar loop is the specification.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void ProbsAndScoreGradsRow(float* sr, float* dpr, int valid, int nc, float lse, float delta, bool wide)
+    {
+        int c = 0;
+        if (wide)
         {
-            float* sr = S + r * BC, dpr = dP + r * BC;
-            int valid = Math.Clamp(i0 + r - j0 + 1, 0, nc);
-            var vl = Vector256.Create(lseRow[r]);
-            var vd = Vector256.Create(deltaRow[r]);
-            int c = 0;
-            for (; c + 8 <= valid; c += 8)
+            var wl = Vector512.Create(lse);
+            var wd = Vector512.Create(delta);
+            for (; c + 16 <= valid; c += 16)
             {
-                var p = Vector256.Exp(Vector256.Load(sr + c) - vl);
+                var p = Vector512.Exp(Vector512.Load(sr + c) - wl);
                 p.Store(sr + c);
-                (p * (Vector256.Load(dpr + c) - vd)).Store(dpr + c);
+                (p * (Vector512.Load(dpr + c) - wd)).Store(dpr + c);
             }
-            for (; c < valid; c++)
-            {
-                float p = MathF.Exp(sr[c] - lseRow[r]);
-                sr[c] = p;
-                dpr[c] = p * (dpr[c] - deltaRow[r]);
-            }
-            for (; c < nc; c++) { sr[c] = 0f; dpr[c] = 0f; }
         }
+        var vl = Vector256.Create(lse);
+        var vd = Vector256.Create(delta);
+        for (; c + 8 <= valid; c += 8)
+        {
+            var p = Vector256.Exp(Vector256.Load(sr + c) - vl);
+            p.Store(sr + c);
+            (p * (Vector256.Load(dpr + c) - vd)).Store(dpr + c);
+        }
+        for (; c < valid; c++)
+        {
+            float p = MathF.Exp(sr[c] - lse);
+            sr[c] = p;
+            dpr[c] = p * (dpr[c] - delta);
+        }
+        for (; c < nc; c++) { sr[c] = 0f; dpr[c] = 0f; }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void KeyValueTile(float[] q, float[] k, float[] v, float[] lse, float[] dO, float[] delta,
-                             float[] dk, float[] dv, AttentionDims d, int item, float scale)
+                             float[] dk, float[] dv, AttentionDims d, int item, float scale, bool wide)
     {
         int T = d.T, D = d.D, nB = (T + BR - 1) / BR;
         int kb = item % nB, bk = item / nB, b = bk / d.Hkv, hk = bk % d.Hkv;
@@ -88,9 +105,9 @@ internal static unsafe partial class FlashAttention
                     long qOff = ((long)(b * T + i0) * d.H + h) * D;
                     long rowOff = ((long)b * d.H + h) * T + i0;
                     ProbsAndScoreGrads(qp + qOff, dop + qOff, kT, vT, nr, nc, i0, j0, lp + rowOff, dlp + rowOff,
-                                       qStride, D, scale, S, dP);
-                    SmallMatrix.Gemm(nc, D, nr, S, 1, BC, dop + qOff, qStride, dVacc, D, 1f, accumulate: true);
-                    SmallMatrix.Gemm(nc, D, nr, dP, 1, BC, qp + qOff, qStride, dKacc, D, scale, accumulate: true);
+                                       qStride, D, scale, S, dP, wide);
+                    SmallMatrix.Gemm(wide, nc, D, nr, S, 1, BC, dop + qOff, qStride, dVacc, D, 1f, accumulate: true);
+                    SmallMatrix.Gemm(wide, nc, D, nr, dP, 1, BC, qp + qOff, qStride, dKacc, D, scale, accumulate: true);
                 }
             for (int c = 0; c < nc; c++)
             {
@@ -103,7 +120,7 @@ internal static unsafe partial class FlashAttention
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void QueryTile(float[] q, float[] k, float[] v, float[] lse, float[] dO, float[] delta,
-                          float[] dq, AttentionDims d, int item, float scale)
+                          float[] dq, AttentionDims d, int item, float scale, bool wide)
     {
         int T = d.T, D = d.D, nB = (T + BR - 1) / BR;
         int qb = item % nB, bh = item / nB, b = bh / d.H, h = bh % d.H, hk = h / d.Group;
@@ -126,8 +143,8 @@ internal static unsafe partial class FlashAttention
                 SmallMatrix.Transpose(kp + kvOff, nc, D, kvStride, kT, BC);
                 SmallMatrix.Transpose(vp + kvOff, nc, D, kvStride, vT, BC);
                 ProbsAndScoreGrads(qp + qOff, dop + qOff, kT, vT, nr, nc, i0, j0, lp + rowOff, dlp + rowOff,
-                                   qStride, D, scale, S, dP);
-                SmallMatrix.Gemm(nr, D, nc, dP, BC, 1, kp + kvOff, kvStride, dQacc, D, scale, accumulate: j0 > 0);
+                                   qStride, D, scale, S, dP, wide);
+                SmallMatrix.Gemm(wide, nr, D, nc, dP, BC, 1, kp + kvOff, kvStride, dQacc, D, scale, accumulate: j0 > 0);
             }
             for (int r = 0; r < nr; r++)
                 new Span<float>(dQacc + r * D, D).CopyTo(new Span<float>(dqp + qOff + (long)r * qStride, D));

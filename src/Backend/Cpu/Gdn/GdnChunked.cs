@@ -28,10 +28,11 @@ internal static unsafe class GdnChunked
 {
     /// <summary>
     /// o (T, V) (null: no output), state (K, V): h0 or zeros on entry, final state on exit; saved (null: keep
-    /// nothing) receives γ, A, w, v_new and h_c of every chunk.
+    /// nothing) receives γ, A, w, v_new and h_c of every chunk. <paramref name="wide"/>: 512-bit tile products
+    /// and decay rows (the same bits as the 256-bit forms).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Forward(GdnHead p, int C, float scale, float[]? o, float[] state, GdnChunkSaved? saved)
+    public static void Forward(GdnHead p, int C, float scale, float[]? o, float[] state, GdnChunkSaved? saved, bool wide)
     {
         int T = p.T, K = p.K, V = p.V, NT = (T + C - 1) / C;
         long KV = (long)K * V;
@@ -72,8 +73,8 @@ internal static unsafe class GdnChunked
 
                 // 2–3. L = strict_lower(β_r (k_r·k_j) e^{γ_r−γ_j}), A = (I + L)⁻¹ by forward substitution
                 SmallMatrix.Transpose(kc, n, K, K, kT, C);
-                SmallMatrix.Gemm(n, n, K, kc, K, 1, kT, C, KK, C);
-                InvertUnitLower(KK, p.Beta, t0, gam, n, C, A);
+                SmallMatrix.Gemm(wide, n, n, K, kc, K, 1, kT, C, KK, C);
+                InvertUnitLower(KK, p.Beta, t0, gam, n, C, A, wide);
 
                 // 4. WY: w = A·(K ⊙ βe^γ), u = A·(V ⊙ β)
                 for (int r = 0; r < n; r++)
@@ -82,26 +83,26 @@ internal static unsafe class GdnChunked
                     ScaleRow(kc + (long)r * K, br * MathF.Exp(gam[r]), Kb + (long)r * K, K);
                     ScaleRow(vc + (long)r * V, br, Vb + (long)r * V, V);
                 }
-                SmallMatrix.Gemm(n, K, n, A, C, 1, Kb, K, w, K);
-                SmallMatrix.Gemm(n, V, n, A, C, 1, Vb, V, vn, V);
+                SmallMatrix.Gemm(wide, n, K, n, A, C, 1, Kb, K, w, K);
+                SmallMatrix.Gemm(wide, n, V, n, A, C, 1, Vb, V, vn, V);
                 // 5a. v_new = u − w·h_c
-                SmallMatrix.Gemm(n, V, K, w, K, 1, h, V, vn, V, -1f, accumulate: true);
+                SmallMatrix.Gemm(wide, n, V, K, w, K, 1, h, V, vn, V, -1f, accumulate: true);
 
                 // 6. o = scale·[(Q ⊙ e^γ)·h_c + (Q Kᵀ ⊙ M)·v_new]
                 if (o is not null)
                 {
                     float* oc = ob + (long)t0 * V;
                     for (int r = 0; r < n; r++) ScaleRow(qc + (long)r * K, MathF.Exp(gam[r]), Kb + (long)r * K, K);
-                    SmallMatrix.Gemm(n, V, K, Kb, K, 1, h, V, oc, V, scale);
-                    SmallMatrix.Gemm(n, n, K, qc, K, 1, kT, C, QK, C);
-                    MaskDecay(QK, gam, n, C, 1f, strict: false);
-                    SmallMatrix.Gemm(n, V, n, QK, C, 1, vn, V, oc, V, scale, accumulate: true);
+                    SmallMatrix.Gemm(wide, n, V, K, Kb, K, 1, h, V, oc, V, scale);
+                    SmallMatrix.Gemm(wide, n, n, K, qc, K, 1, kT, C, QK, C);
+                    MaskDecay(QK, gam, n, C, 1f, strict: false, wide);
+                    SmallMatrix.Gemm(wide, n, V, n, QK, C, 1, vn, V, oc, V, scale, accumulate: true);
                 }
 
                 // 5b. h ← e^{γ_last}·h + Kᵀ·(v_new ⊙ e^{γ_last−γ})
                 SmallMatrix.ScaleInPlace(MathF.Exp(gl), h, (int)KV);
                 for (int r = 0; r < n; r++) ScaleRow(vn + (long)r * V, MathF.Exp(gl - gam[r]), Vb + (long)r * V, V);
-                SmallMatrix.Gemm(K, V, n, kc, 1, K, Vb, V, h, V, 1f, accumulate: true);
+                SmallMatrix.Gemm(wide, K, V, n, kc, 1, K, Vb, V, h, V, 1f, accumulate: true);
             }
         }
     }
@@ -111,7 +112,7 @@ internal static unsafe class GdnChunked
     /// L_rj = β_r·KK_rj·e^{γ_r−γ_j} for j &lt; r: row r of A = e_r − Σ_{m&lt;r} L_rm·(row m of A).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void InvertUnitLower(float* KK, float[] beta, int t0, float* gam, int n, int C, float* A)
+    internal static void InvertUnitLower(float* KK, float[] beta, int t0, float* gam, int n, int C, float* A, bool wide)
     {
         for (int r = 0; r < n; r++)
         {
@@ -119,7 +120,7 @@ internal static unsafe class GdnChunked
             new Span<float>(ar, C).Clear();
             ar[r] = 1f;
             float* lr = KK + (long)r * C;
-            DecayRow(lr, gam, gam[r], r, beta[t0 + r]);   // row r of L, in place of K Kᵀ
+            DecayRow(lr, gam, gam[r], r, beta[t0 + r], wide);   // row r of L, in place of K Kᵀ
             for (int m = 0; m < r; m++)
                 if (lr[m] != 0f) SmallMatrix.Axpy(-lr[m], A + (long)m * C, ar, m + 1);
         }
@@ -130,27 +131,52 @@ internal static unsafe class GdnChunked
     /// before exp, so it is always ≤ 0.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void MaskDecay(float* X, float* gam, int n, int C, float s, bool strict)
+    internal static void MaskDecay(float* X, float* gam, int n, int C, float s, bool strict, bool wide)
     {
         for (int r = 0; r < n; r++)
         {
             float* xr = X + (long)r * C;
             int count = strict ? r : r + 1;
-            DecayRow(xr, gam, gam[r], count, s);
+            DecayRow(xr, gam, gam[r], count, s, wide);
             for (int j = count; j < n; j++) xr[j] = 0f;
         }
     }
 
-    /// <summary>x[j] ← s·x[j]·e^{gr − γ_j} for j &lt; count (callers pass count ≤ r + 1, so exponents are ≤ 0).</summary>
+    /// <summary>x[j] ← s·x[j]·e^{gr − γ_j} for j &lt; count (callers pass count ≤ r + 1, so exponents are ≤ 0).
+    /// The wide form takes 16 columns at a time, then the same 8-column and scalar steps, so each column
+    /// goes through the same exp (vector or scalar) in both forms and the bits agree.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void DecayRow(float* x, float* gam, float gr, int count, float s)
+    internal static void DecayRow(float* x, float* gam, float gr, int count, float s, bool wide)
     {
+        int j = 0;
+        if (wide)
+        {
+            var wg = Vector512.Create(gr);
+            var ws = Vector512.Create(s);
+            for (; j + 16 <= count; j += 16)
+                (Vector512.Load(x + j) * ws * Vector512.Exp(wg - Vector512.Load(gam + j))).Store(x + j);
+        }
         var vg = Vector256.Create(gr);
         var vs = Vector256.Create(s);
-        int j = 0;
         for (; j + 8 <= count; j += 8)
             (Vector256.Load(x + j) * vs * Vector256.Exp(vg - Vector256.Load(gam + j))).Store(x + j);
         for (; j < count; j++) x[j] *= s * MathF.Exp(gr - gam[j]);
+    }
+
+    /// <summary>e[j] = e^{gr − γ_j} for j &lt; count (exponents ≤ 0 as in <see cref="DecayRow"/>), in the same
+    /// 16-, 8-column and scalar steps, so both widths give the same bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void ExpDiffRow(float* gam, float gr, int count, float* e, bool wide)
+    {
+        int j = 0;
+        if (wide)
+        {
+            var wg = Vector512.Create(gr);
+            for (; j + 16 <= count; j += 16) Vector512.Exp(wg - Vector512.Load(gam + j)).Store(e + j);
+        }
+        var vg = Vector256.Create(gr);
+        for (; j + 8 <= count; j += 8) Vector256.Exp(vg - Vector256.Load(gam + j)).Store(e + j);
+        for (; j < count; j++) e[j] = MathF.Exp(gr - gam[j]);
     }
 
     /// <summary>dst[0..n) = a·src[0..n).</summary>

@@ -7,21 +7,22 @@ namespace TaylorCalibrate.Backend.Cpu;
 
 internal static unsafe class GdnChunkedBackward
 {
-    /// <summary>dO (T, V); dht (K, V) or null. Gradients of q, k are w.r.t. the vectors in <paramref name="p"/>.</summary>
+    /// <summary>dO (T, V); dht (K, V) or null. Gradients of q, k are w.r.t. the vectors in <paramref name="p"/>.
+    /// <paramref name="wide"/>: 512-bit tile products and decay rows (the same bits as the 256-bit forms).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Run(GdnHead p, int C, float scale, float[] dO, float[]? dht, GdnHeadGrads grads)
+    public static void Run(GdnHead p, int C, float scale, float[] dO, float[]? dht, GdnHeadGrads grads, bool wide)
     {
         int T = p.T, K = p.K, V = p.V, NT = (T + C - 1) / C;
         long KV = (long)K * V;
         var saved = new GdnChunkSaved(T, C, K, V);
         var state = Workspace.Get(Workspace.Slot.State, KV);
         if (p.H0 is null) state.AsSpan(0, (int)KV).Clear(); else p.H0.AsSpan(0, (int)KV).CopyTo(state);
-        GdnChunked.Forward(p, C, scale, null, state, saved);
+        GdnChunked.Forward(p, C, scale, null, state, saved, wide);
 
         var dhArr = Workspace.Get(Workspace.Slot.DState, KV);   // (K, V) dL/d(state at the end of the current chunk)
         if (dht is null) dhArr.AsSpan(0, (int)KV).Clear(); else dht.AsSpan(0, (int)KV).CopyTo(dhArr);
         long CC = (long)C * C;
-        var work = Workspace.Get(Workspace.Slot.ScratchBackward, 8 * CC + 5L * C * K + 4L * C * V + 2L * V * K + 2L * K * C + 2L * V * C + C);
+        var work = Workspace.Get(Workspace.Slot.ScratchBackward, 8 * CC + 5L * C * K + 4L * C * V + 2L * V * K + 2L * K * C + 2L * V * C + 2L * C);
         fixed (float* q = p.Q, k = p.Kx, v = p.Vx, dOb = dO, dh = dhArr, wk = work,
                gAll = saved.Gamma, aAll = saved.A, wAll = saved.W, vnAll = saved.VNew, hAll = saved.H,
                dq = grads.DQ, dk = grads.DK, dv = grads.DV)
@@ -50,6 +51,7 @@ internal static unsafe class GdnChunkedBackward
             float* vnT = sc.Take((long)V * C);   // (V, C) v_newᵀ
             float* VbT = sc.Take((long)V * C);   // (V, C) (V ⊙ β)ᵀ
             float* dgam = sc.Take(C);            // (C)    dL/dγ
+            float* er = sc.Take(C);              // (C)    e^{γ_r−γ_j} of one row
 
             for (int c = NT - 1; c >= 0; c--)
             {
@@ -63,23 +65,23 @@ internal static unsafe class GdnChunkedBackward
 
                 // 1–2. dv2 = (scale·Q Kᵀ ⊙ M)ᵀ dO + (K·dh) ⊙ e^{γ_last−γ}
                 SmallMatrix.Transpose(kc, n, K, K, kT, C);
-                SmallMatrix.Gemm(n, n, K, qc, K, 1, kT, C, P, C);
-                GdnChunked.MaskDecay(P, gam, n, C, scale, strict: false);
-                SmallMatrix.Gemm(n, V, K, kc, K, 1, dh, V, dv2, V);
+                SmallMatrix.Gemm(wide, n, n, K, qc, K, 1, kT, C, P, C);
+                GdnChunked.MaskDecay(P, gam, n, C, scale, strict: false, wide);
+                SmallMatrix.Gemm(wide, n, V, K, kc, K, 1, dh, V, dv2, V);
                 for (int r = 0; r < n; r++) SmallMatrix.ScaleInPlace(MathF.Exp(gl - gam[r]), dv2 + (long)r * V, V);
-                SmallMatrix.Gemm(n, V, n, P, 1, C, dOc, V, dv2, V, 1f, accumulate: true);
+                SmallMatrix.Gemm(wide, n, V, n, P, 1, C, dOc, V, dv2, V, 1f, accumulate: true);
 
                 // 3. dq = scale·e^γ ⊙ (dO·h_cᵀ) + dS·K;  dk = e^{γ_last−γ} ⊙ (v_new·dhᵀ) + dSᵀ·Q
                 SmallMatrix.Transpose(hc, K, V, V, hT, K);
-                SmallMatrix.Gemm(n, K, V, dOc, V, 1, hT, K, dqc, K);
+                SmallMatrix.Gemm(wide, n, K, V, dOc, V, 1, hT, K, dqc, K);
                 for (int r = 0; r < n; r++) SmallMatrix.ScaleInPlace(scale * MathF.Exp(gam[r]), dqc + (long)r * K, K);
                 SmallMatrix.Transpose(vnc, n, V, V, vnT, C);
-                SmallMatrix.Gemm(n, n, V, dOc, V, 1, vnT, C, dS, C);
-                GdnChunked.MaskDecay(dS, gam, n, C, scale, strict: false);
-                SmallMatrix.Gemm(n, K, n, dS, C, 1, kc, K, dqc, K, 1f, accumulate: true);
+                SmallMatrix.Gemm(wide, n, n, V, dOc, V, 1, vnT, C, dS, C);
+                GdnChunked.MaskDecay(dS, gam, n, C, scale, strict: false, wide);
+                SmallMatrix.Gemm(wide, n, K, n, dS, C, 1, kc, K, dqc, K, 1f, accumulate: true);
 
                 SmallMatrix.Transpose(dh, K, V, V, dhT, K);
-                SmallMatrix.Gemm(n, K, V, vnc, V, 1, dhT, K, dkInter, K);
+                SmallMatrix.Gemm(wide, n, K, V, vnc, V, 1, dhT, K, dkInter, K);
                 float interSum = 0f;
                 for (int r = 0; r < n; r++)
                 {
@@ -88,7 +90,7 @@ internal static unsafe class GdnChunkedBackward
                     interSum += SmallMatrix.Dot(kc + (long)r * K, row, K);
                 }
                 new Span<float>(dkInter, n * K).CopyTo(new Span<float>(dkc, n * K));
-                SmallMatrix.Gemm(n, K, n, dS, 1, C, qc, K, dkc, K, 1f, accumulate: true);
+                SmallMatrix.Gemm(wide, n, K, n, dS, 1, C, qc, K, dkc, K, 1f, accumulate: true);
                 // every exponent is a difference of γ's: dγ_r = q_r·dq_r − k_r·dk_r, and the last valid row
                 // also gets e^{γ_last}·Σ(h_c ⊙ dh) + Σ_j k_j·dk_inter_j (through the state carried on)
                 for (int r = 0; r < n; r++)
@@ -96,7 +98,7 @@ internal static unsafe class GdnChunkedBackward
                 dgam[n - 1] += interSum + MathF.Exp(gl) * SmallMatrix.Dot(hc, dh, (int)KV);
 
                 // 4. WY backward: dw = −dv2·h_cᵀ, du = dv2, dA = dw·Kbᵀ + du·Vbᵀ
-                SmallMatrix.Gemm(n, K, V, dv2, V, 1, hT, K, dw, K, -1f);
+                SmallMatrix.Gemm(wide, n, K, V, dv2, V, 1, hT, K, dw, K, -1f);
                 for (int r = 0; r < n; r++)
                 {
                     float br = p.Beta[t0 + r];
@@ -105,10 +107,10 @@ internal static unsafe class GdnChunkedBackward
                 }
                 SmallMatrix.Transpose(Kb, n, K, K, KbT, C);
                 SmallMatrix.Transpose(Vb, n, V, V, VbT, C);
-                SmallMatrix.Gemm(n, n, K, dw, K, 1, KbT, C, dA, C);
-                SmallMatrix.Gemm(n, n, V, dv2, V, 1, VbT, C, dA, C, 1f, accumulate: true);
-                SmallMatrix.Gemm(n, K, n, A, 1, C, dw, K, AtDw, K);
-                SmallMatrix.Gemm(n, V, n, A, 1, C, dv2, V, AtDu, V);
+                SmallMatrix.Gemm(wide, n, n, K, dw, K, 1, KbT, C, dA, C);
+                SmallMatrix.Gemm(wide, n, n, V, dv2, V, 1, VbT, C, dA, C, 1f, accumulate: true);
+                SmallMatrix.Gemm(wide, n, K, n, A, 1, C, dw, K, AtDw, K);
+                SmallMatrix.Gemm(wide, n, V, n, A, 1, C, dv2, V, AtDu, V);
                 for (int r = 0; r < n; r++)
                 {
                     float br = p.Beta[t0 + r], eg = MathF.Exp(gam[r]);
@@ -120,18 +122,19 @@ internal static unsafe class GdnChunkedBackward
                     dgam[r] += br * eg * x;
                 }
                 // through the inverse: dL = −strict_lower(Aᵀ·dA·Aᵀ)
-                SmallMatrix.Gemm(n, n, n, A, 1, C, dA, C, tmp, C);
+                SmallMatrix.Gemm(wide, n, n, n, A, 1, C, dA, C, tmp, C);
                 SmallMatrix.Transpose(A, n, n, C, AT, C);
-                SmallMatrix.Gemm(n, n, n, tmp, C, 1, AT, C, dL, C, -1f);
+                SmallMatrix.Gemm(wide, n, n, n, tmp, C, 1, AT, C, dL, C, -1f);
                 // L_rj = β_r (k_r·k_j) e^{γ_r−γ_j}
-                SmallMatrix.Gemm(n, n, K, kc, K, 1, kT, C, KK, C);
+                SmallMatrix.Gemm(wide, n, n, K, kc, K, 1, kT, C, KK, C);
                 for (int r = 0; r < n; r++)
                 {
                     float br = p.Beta[t0 + r], gr = gam[r], dbeta = 0f, rowLL = 0f;
                     float* dlr = dL + (long)r * C, kkr = KK + (long)r * C, gmr = Gm + (long)r * C;
+                    GdnChunked.ExpDiffRow(gam, gr, r, er, wide);
                     for (int j = 0; j < r; j++)
                     {
-                        float e = MathF.Exp(gr - gam[j]);
+                        float e = er[j];
                         float dlk = dlr[j] * kkr[j] * e;   // dL_rj·(k_r·k_j)·e^{γ_r−γ_j}
                         dbeta += dlk;
                         float ll = br * dlk;               // dL_rj·L_rj
@@ -143,14 +146,14 @@ internal static unsafe class GdnChunkedBackward
                     grads.DBeta[t0 + r] += dbeta;
                     dgam[r] += rowLL;
                 }
-                SmallMatrix.Gemm(n, K, n, Gm, C, 1, kc, K, dkc, K, 1f, accumulate: true);
-                SmallMatrix.Gemm(n, K, n, Gm, 1, C, kc, K, dkc, K, 1f, accumulate: true);
+                SmallMatrix.Gemm(wide, n, K, n, Gm, C, 1, kc, K, dkc, K, 1f, accumulate: true);
+                SmallMatrix.Gemm(wide, n, K, n, Gm, 1, C, kc, K, dkc, K, 1f, accumulate: true);
 
                 // 2 (carry). dh ← e^{γ_last}·dh + scale·(Q ⊙ e^γ)ᵀ dO − wᵀ dv2
                 SmallMatrix.ScaleInPlace(MathF.Exp(gl), dh, (int)KV);
                 for (int r = 0; r < n; r++) GdnChunked.ScaleRow(qc + (long)r * K, MathF.Exp(gam[r]), Qg + (long)r * K, K);
-                SmallMatrix.Gemm(K, V, n, Qg, 1, K, dOc, V, dh, V, scale, accumulate: true);
-                SmallMatrix.Gemm(K, V, n, wc, 1, K, dv2, V, dh, V, -1f, accumulate: true);
+                SmallMatrix.Gemm(wide, K, V, n, Qg, 1, K, dOc, V, dh, V, scale, accumulate: true);
+                SmallMatrix.Gemm(wide, K, V, n, wc, 1, K, dv2, V, dh, V, -1f, accumulate: true);
 
                 // 5. dg = reverse local cumsum of dγ
                 float acc = 0f;

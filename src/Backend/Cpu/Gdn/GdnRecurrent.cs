@@ -1,7 +1,8 @@
 // Token-recurrent gated delta rule on one (b, h) problem, forward and backward (BPTT with recomputation).
 // Maths: docs/kernels.md §3.1. The state S is [K,V] row-major (row i = key coordinate i), fp32, and every token
-// step sweeps its rows twice with Vector256 over the V columns (64-column Vector512 blocks on AVX-512,
-// GdnRecurrent.Wide.cs), so S (≤ 256 KiB at K = V = 256, 16 KiB at 64) stays in L1/L2.
+// step sweeps its rows twice with Vector256 over the V columns (64-column Vector512 blocks, and pass B of the
+// backward in Vector512, when the backend runs 512-bit vectors: GdnRecurrent.Wide.cs), so S (≤ 256 KiB at
+// K = V = 256, 16 KiB at 64) stays in L1/L2.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -10,17 +11,15 @@ namespace TaylorCalibrate.Backend.Cpu;
 
 internal static unsafe partial class GdnRecurrent
 {
-    /// <summary>Whether the column passes take 64-column Vector512 blocks (GdnRecurrent.Wide.cs).</summary>
-    static readonly bool Wide = System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated;
-
     /// <summary>
     /// o (T, V) = outputs; state (K, V) holds h0 (or zeros) on entry and the final state on exit.
     /// With o null the steps only advance the state (recomputation in the backward).
     /// </summary>
     /// <remarks>With <paramref name="src"/> given, the state before token t0 is read from src (K, V) instead of S
-    /// (out of place: the backward's replay steps from one saved state to the next without a copy).</remarks>
+    /// (out of place: the backward's replay steps from one saved state to the next without a copy).
+    /// <paramref name="wide"/>: 64-column Vector512 blocks (the same bits as the 32-column Vector256 ones).</remarks>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Forward(GdnHead p, int t0, int t1, float scale, float* S, float* o, float* work, float* src = null)
+    public static void Forward(GdnHead p, int t0, int t1, float scale, float* S, float* o, float* work, bool wide, float* src = null)
     {
         int K = p.K, V = p.V;
         float* kS = work;        // (V)  Sᵀk after the decay
@@ -34,7 +33,7 @@ internal static unsafe partial class GdnRecurrent
                 float beta = p.Beta[t];
                 // Columns of S are independent within a step, so blocks of 32 columns keep their
                 // accumulators (kS, o) in registers; the V % 32 tail columns go row by row.
-                int vb = V - V % 32, vw = Wide ? V - V % 64 : 0;
+                int vb = V - V % 32, vw = wide ? V - V % 64 : 0;
                 // pass 1: S ← e^g·S and kS = Sᵀk
                 float* from = t == t0 && src != null ? src : S;
                 for (int j0 = 0; j0 < vw; j0 += 64) DecayAndAccumulate64(from + j0, S + j0, K, V, decay, kt, kS + j0);
@@ -145,10 +144,12 @@ internal static unsafe partial class GdnRecurrent
     /// <summary>
     /// BPTT (docs/kernels.md §3.1). States are recomputed: checkpoints every <c>seg</c> tokens, then each segment's
     /// states are replayed forward into a buffer and walked backwards. dht (K, V) may be null.
-    /// Gradients of q, k are w.r.t. the (normalised) vectors in <paramref name="p"/>.
+    /// Gradients of q, k are w.r.t. the (normalised) vectors in <paramref name="p"/>. <paramref name="wide"/>: the
+    /// Vector512 column passes (pass B sums its dot products over 16 lanes instead of 8, so its results
+    /// differ from the 256-bit form's by rounding only).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Backward(GdnHead p, float[] dO, float[]? dht, float scale, GdnHeadGrads grads)
+    public static void Backward(GdnHead p, float[] dO, float[]? dht, float scale, GdnHeadGrads grads, bool wide)
     {
         int T = p.T, K = p.K, V = p.V, KV = K * V;
         // Segment length: the replay buffer holds seg states; cap it at ~4 MiB per worker.
@@ -167,7 +168,7 @@ internal static unsafe partial class GdnRecurrent
                 for (int sg = 0; sg < nSeg; sg++)
                 {
                     new Span<float>(s, KV).CopyTo(new Span<float>(ck + (long)sg * KV, KV));
-                    Forward(p, sg * seg, Math.Min(T, (sg + 1) * seg), scale, s, null, wk);
+                    Forward(p, sg * seg, Math.Min(T, (sg + 1) * seg), scale, s, null, wk, wide);
                 }
             if (dht is null) dS.AsSpan(0, KV).Clear(); else dht.AsSpan(0, KV).CopyTo(dS);
             fixed (float* dOp = dO)
@@ -176,8 +177,8 @@ internal static unsafe partial class GdnRecurrent
                     int a = sg * seg, b = Math.Min(T, a + seg);
                     new Span<float>(ck + (long)sg * KV, KV).CopyTo(new Span<float>(rp, KV));
                     for (int t = a; t < b - 1; t++)
-                        Forward(p, t, t + 1, scale, rp + (long)(t - a + 1) * KV, null, wk, src: rp + (long)(t - a) * KV);
-                    for (int t = b - 1; t >= a; t--) Step(p, t, rp + (long)(t - a) * KV, ds, dOp + (long)t * V, scale, grads, wk);
+                        Forward(p, t, t + 1, scale, rp + (long)(t - a + 1) * KV, null, wk, wide, src: rp + (long)(t - a) * KV);
+                    for (int t = b - 1; t >= a; t--) Step(p, t, rp + (long)(t - a) * KV, ds, dOp + (long)t * V, scale, grads, wk, wide);
                 }
         }
         dS.AsSpan(0, KV).CopyTo(grads.DH0);
@@ -185,7 +186,7 @@ internal static unsafe partial class GdnRecurrent
 
     // One reverse step at token t. prev = S_{t−1} (K, V); dS (K, V) = dL/dS_t on entry, dL/dS_{t−1} on exit.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Step(GdnHead p, int t, float* prev, float* dS, float* dOt, float scale, GdnHeadGrads grads, float* work)
+    static void Step(GdnHead p, int t, float* prev, float* dS, float* dOt, float scale, GdnHeadGrads grads, float* work, bool wide)
     {
         int K = p.K, V = p.V;
         float decay = MathF.Exp(p.G[t]);
@@ -198,7 +199,7 @@ internal static unsafe partial class GdnRecurrent
             float* qt = q + (long)t * K, kt = k + (long)t * K, vt = v + (long)t * V;
             float qk = SmallMatrix.Dot(qt, kt, K);
             // pass A: kS = S′ᵀk, du = dSᵀk; column blocks of 32 keep both in registers, tail row by row
-            int vb = V - V % 32, vw = Wide ? V - V % 64 : 0;
+            int vb = V - V % 32, vw = wide ? V - V % 64 : 0;
             for (int j0 = 0; j0 < vw; j0 += 64) PassA64(prev + j0, dS + j0, K, V, decay, kt, kS + j0, du + j0);
             for (int j0 = vw; j0 < vb; j0 += 32) PassA32(prev + j0, dS + j0, K, V, decay, kt, kS + j0, du + j0);
             if (vb < V)
@@ -224,7 +225,12 @@ internal static unsafe partial class GdnRecurrent
             float dg = 0f;
             float* dqt = dq + (long)t * K, dkt = dk + (long)t * K;
             int i0 = 0;
-            if (Avx.IsSupported && V % 8 == 0)
+            if (wide && V % 16 == 0)
+            {
+                i0 = K - K % 2;
+                dg = PassB2Wide(prev, dS, K, V, decay, scale, beta, qt, kt, dOt, u, du, udo, dkt, dqt);
+            }
+            else if (Avx.IsSupported && V % 8 == 0)
             {
                 // Rows in pairs (PassB2); the odd last row, if any, goes through the row kernel below.
                 i0 = K - K % 2;
@@ -289,7 +295,7 @@ internal static unsafe partial class GdnRecurrent
     // accumulators (6) and are reduced together by one hadd tree (Sum4); and dg = Σ_i S′_i·dS′_i is one
     // vector accumulator over all rows (e^g·Σ prev⊙dS′), reduced once. Returns dg for these rows.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static float PassB2(float* prev, float* dS, int K, int V, float decay, float scale, float beta, float* q, float* k,
+    internal static float PassB2(float* prev, float* dS, int K, int V, float decay, float scale, float beta, float* q, float* k,
                         float* dO, float* u, float* du, float udo, float* dk, float* dq)
     {
         var vdec = Vector256.Create(decay);
@@ -347,7 +353,7 @@ internal static unsafe partial class GdnRecurrent
     // Row i of the reverse step: d = dS_i + sq·dO; dSu = d·u; S′ = decay·prev; spdu = S′·du;
     // dS′ = d − bk·du; spdsp = S′·dS′; dS_i ← decay·dS′; pdo = prev_i·dO.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void PassB(float* prev, float* dS, float decay, float sq, float bk, float* dO, float* u, float* du, int n,
+    internal static void PassB(float* prev, float* dS, float decay, float sq, float bk, float* dO, float* u, float* du, int n,
                       out float dSu, out float spdu, out float spdsp, out float pdo)
     {
         var vdec = Vector256.Create(decay);

@@ -1,4 +1,4 @@
-// The Vector512 form of SmallMatrix.Gemm (AVX-512 processors): 8-row blocks of C in 32- and 16-column
+// The Vector512 form of SmallMatrix.Gemm (backends running 512-bit vectors, VectorWidth.cs): 8-row blocks of C in 32- and 16-column
 // strips (16 and 8 zmm accumulators), the rest of C through the Vector256 form. Every element of C is the
 // same fused multiply-add chain over p in the same order as in the Vector256 and scalar forms, then ×α and
 // (+C), so all forms give identical bits and the choice of width never changes a result.
@@ -9,11 +9,7 @@ namespace TaylorCalibrate.Backend.Cpu;
 
 internal static unsafe partial class SmallMatrix
 {
-    /// <summary>Whether <see cref="Gemm"/> takes the Vector512 form: when the runtime accelerates 512-bit vectors
-    /// (AVX-512 present and not turned off with DOTNET_PreferredVectorBitWidth=256).</summary>
-    public static readonly bool Wide = Vector512.IsHardwareAccelerated;
-
-    /// <summary><see cref="Gemm"/> in Vector512 (callers check <see cref="Wide"/>; tests call it directly).</summary>
+    /// <summary><see cref="Gemm"/> in Vector512 (taken when its caller runs 512-bit vectors; tests call it directly).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void GemmWide(int M, int N, int Kd, float* A, int rsA, int csA, float* B, int ldb,
                                 float* C, int ldc, float alpha, bool accumulate)

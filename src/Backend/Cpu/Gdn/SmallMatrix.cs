@@ -1,7 +1,7 @@
 // Small dense matrix kernels for the sequence mixers (intra-chunk products of the chunked gated delta rule,
 // docs/kernels.md §3.2–3.3, and the tile products of flash attention, §2). Operands are at most a few hundred
 // rows and columns and live in L1/L2, so a register-blocked 4×16 micro-kernel over Vector256 is enough
-// (8×32 over Vector512 on AVX-512 processors, SmallMatrix.Wide.cs);
+// (8×32 over Vector512 when the backend runs 512-bit vectors, SmallMatrix.Wide.cs);
 // the big-matrix GEMM of the backend (Cpu/Gemm) is not used here because these tiles are strided
 // views into per-head buffers and are far too small to amortise packing.
 using System.Runtime.CompilerServices;
@@ -13,12 +13,13 @@ namespace TaylorCalibrate.Backend.Cpu;
 internal static unsafe partial class SmallMatrix
 {
     /// <summary>
-    /// C = α·A·B (+ C when <paramref name="accumulate"/>), fp32 accumulation.
+    /// C = α·A·B (+ C when <paramref name="accumulate"/>), fp32 accumulation; the Vector512 form when
+    /// <paramref name="wide"/> (the backend's vector width, VectorWidth.cs), else the Vector256 one (identical bits).
     /// A [M,Kd] is addressed a(i,p) = A[i·rsA + p·csA] (so Aᵀ of a row-major matrix is rsA = 1, csA = ld);
     /// B [Kd,N] is row-major with row stride <paramref name="ldb"/>; C [M,N] has row stride <paramref name="ldc"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Gemm(int M, int N, int Kd, float* A, int rsA, int csA, float* B, int ldb,
+    public static void Gemm(bool wide, int M, int N, int Kd, float* A, int rsA, int csA, float* B, int ldb,
                             float* C, int ldc, float alpha = 1f, bool accumulate = false)
     {
         if (M <= 0 || N <= 0) return;
@@ -27,7 +28,7 @@ internal static unsafe partial class SmallMatrix
             if (!accumulate) for (int i = 0; i < M; i++) new Span<float>(C + (long)i * ldc, N).Clear();
             return;
         }
-        if (Wide) GemmWide(M, N, Kd, A, rsA, csA, B, ldb, C, ldc, alpha, accumulate);
+        if (wide) GemmWide(M, N, Kd, A, rsA, csA, B, ldb, C, ldc, alpha, accumulate);
         else GemmNarrow(M, N, Kd, A, rsA, csA, B, ldb, C, ldc, alpha, accumulate);
     }
 
