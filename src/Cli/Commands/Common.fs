@@ -54,3 +54,56 @@ let finite (option: string) (v: float) : float =
 let nonEmptyPath (option: string) (p: string) : string =
     if String.IsNullOrWhiteSpace p then usageError $"{option} \"{p}\": expected a path"
     p
+
+/// The backends of a --device list (`vulkan:0,vulkan:1`, `cpu:0,cpu:1`, mixed): the workers of per-layer
+/// work. Dispose to close them all.
+type DeviceWorkers(workers: DeviceWorker list) =
+    member _.Workers = workers
+    /// The first device: where work that is not split per layer runs.
+    member _.First = workers.Head.Backend
+    /// The devices as the reports name them (`cpu` for one device, else the ids joined by commas).
+    member _.Name = match workers with [ w ] -> w.Backend.Name | _ -> workers |> List.map (fun w -> w.Id) |> String.concat ","
+    interface IDisposable with
+        member _.Dispose() = for w in workers do w.Backend.Dispose()
+
+/// Opens the backends of a --device option that may be a comma-separated list (default auto).
+let openWorkers (spec: string option) : DeviceWorkers =
+    try new DeviceWorkers(List.ofSeq (DeviceSet.Open(defaultArg spec "auto")))
+    with :? DeviceException as e -> usageError e.Message
+
+/// The MPI world when an MPI launcher (mpirun, srun) started this process, else None (MPI is not loaded).
+/// A launched process that cannot load Open MPI stops with a one-line error.
+let startMpi () : Mpi.MpiWorld option =
+    try Option.ofObj (Mpi.MpiWorld.StartIfLaunched()) with :? Mpi.MpiException as e -> usageError e.Message
+
+/// Runs a command's body on one rank of an MPI job: a rank that fails prints its error and stops the whole
+/// job (MPI_Abort), so no rank waits forever for it; the checkpoints written so far stay good (they are
+/// written atomically). Without MPI, just the body.
+let onEveryRank (world: Mpi.MpiWorld option) (body: unit -> int) : int =
+    match world with
+    | None -> body ()
+    | Some w ->
+        let fail (code: int) (msg: string) =
+            eprintfn "error: rank %d of %d: %s" w.Rank w.Size msg
+            w.Abort code
+            code
+        let code =
+            try body () with
+            | UsageError msg -> fail 2 msg
+            | :? OperationCanceledException -> fail 130 "interrupted"
+            | e -> fail 1 e.Message
+        // A rank that stops with an error it reported itself must still stop the others.
+        if code <> 0 && w.Size > 1 then w.Abort code
+        (w :> IDisposable).Dispose()
+        code
+
+/// This rank's backend: entry (local rank mod entries) of a --device list, so `--device vulkan:0,vulkan:1` under
+/// `mpirun -np 2` puts each rank of a node on its own GPU. Without MPI, the --device option as usual.
+let openRankDevice (world: Mpi.MpiWorld option) (spec: string option) : IBackend =
+    match world with
+    | None -> openDevice spec
+    | Some w ->
+        try
+            let ids = DeviceSet.Resolve(defaultArg spec "auto")
+            Devices.OpenResolved(ids[w.LocalRank % ids.Count], 0)
+        with :? DeviceException as e -> usageError e.Message

@@ -50,7 +50,7 @@ type Args =
             | Steps _ -> "alignment steps per layer (default 300; calibrate-plus: at most 600, early-stopped on held-out text)"
             | Seed _ -> "seed of the fresh gate parameters (default 0)"
             | Gqa_Expand _ -> "heads (default) | rows (the reference's row repeat)"
-            | Device _ -> "auto | cpu | vulkan | vulkan:N | vulkan:NAME (default auto)"
+            | Device _ -> "auto | cpu | vulkan | vulkan:N | vulkan:NAME (default auto); a list such as vulkan:0,vulkan:1 or cpu:0,cpu:1 spreads the converted layers over those devices"
             | Resume -> "continue an interrupted conversion into --out after its last aligned layer"
 
 /// The loaded, checked inputs of a conversion (ConvertJob.Prepared).
@@ -103,7 +103,7 @@ let prepare teacherPath keep policy fraction calibText evalText allowOverlap exp
     prepareWith None teacherPath keep policy fraction calibText evalText allowOverlap expand calibTokens devTokens
 
 /// Runs the conversion with a progress bar per stage and per converted layer.
-let private runWithProgress (be: IBackend) (p: Prepared) (output: ConvertJob.Output) (ct: CancellationToken) =
+let private runWithProgress (workers: DeviceWorkers) (p: Prepared) (output: ConvertJob.Output) (ct: CancellationToken) =
     AnsiConsole.Progress()
         .AutoClear(false)
         .Columns(TaskDescriptionColumn(), ProgressBarColumn(), PercentageColumn(), ElapsedTimeColumn())
@@ -131,7 +131,7 @@ let private runWithProgress (be: IBackend) (p: Prepared) (output: ConvertJob.Out
                     t.Value <- float s
                     t.Description <- $"layer {i} loss {loss:G4}"
                 | ConvertJob.LayersDone -> for KeyValue(_, t) in layerTasks do t.Value <- t.MaxValue
-            ConvertJob.run be p output onEvent ct)
+            ConvertJob.runOn workers.Workers p output onEvent ct)
 
 let run (args: ParseResults<Args>) =
     let strategy =
@@ -149,9 +149,13 @@ let run (args: ParseResults<Args>) =
           Expand = gqaExpand (args.TryGetResult Gqa_Expand)
           Steps = args.TryGetResult Steps
           Seed = args.GetResult(Seed, 0) }
+    // Parallel/ShardedConvert.fs shards the layers over MPI ranks, but this command does not drive it yet:
+    // refused rather than N ranks converting into one --out.
+    if TaylorCalibrate.Backend.Mpi.MpiWorld.LaunchedByMpi then
+        usageError "convert does not run under mpirun/srun yet; spread the layers over one machine's devices with --device vulkan:0,vulkan:1"
     let p = ConvertJob.prepare request |> orFail
     // The device is a checked input too: opened before the output directory is touched.
-    use be = openDevice (args.TryGetResult Device)
+    use workers = openWorkers (args.TryGetResult Device)
     let resume = args.Contains Resume
     use output = ConvertJob.takeOutput p (args.GetResult Out) resume |> orFail
     let out = output.Directory
@@ -164,9 +168,9 @@ let run (args: ParseResults<Args>) =
     let onCancel = ConsoleCancelEventHandler(fun _ e -> e.Cancel <- true; cts.Cancel())
     Console.CancelKeyPress.AddHandler onCancel
     use _cancelHandler = { new IDisposable with member _.Dispose() = Console.CancelKeyPress.RemoveHandler onCancel }
-    AnsiConsole.MarkupLine("[bold]convert[/] " + Markup.Escape $"{p.TeacherPath} -> {out}: init {Convert.InitStrategy.name strategy}, kept {p.Kept}, converted {p.Converted}, GQA {GqaExpand.name p.Expand}, device {be.Name}")
+    AnsiConsole.MarkupLine("[bold]convert[/] " + Markup.Escape $"{p.TeacherPath} -> {out}: init {Convert.InitStrategy.name strategy}, kept {p.Kept}, converted {p.Converted}, GQA {GqaExpand.name p.Expand}, device {workers.Name}")
     try
-        let outcome = runWithProgress be p output cts.Token
+        let outcome = runWithProgress workers p output cts.Token
         if outcome.Report.Calibration.IsNone then
             printfn "%s: the student comes from the teacher's weights alone (no calibration text, so no layer fit was measured)" (Convert.InitStrategy.name strategy)
         for e in outcome.Report.Layers do
@@ -176,5 +180,11 @@ let run (args: ParseResults<Args>) =
         let seconds = outcome.Report.Timings |> List.tryFind (fst >> (=) "total") |> Option.map snd |> Option.defaultValue 0.0
         printfn "wrote %s (student, report.json, report.html) in %.1f s" out seconds
         0
-    with :? OperationCanceledException ->
+    with
+    | :? OperationCanceledException ->
         raise (Interrupted(if output.Kept then Some(commandLineWith "--resume") else None))
+    | Parallel.LayerScheduler.JobsFailedException(message, _) ->
+        // Several devices: the other layers finished and (when aligned) were persisted under --out/align.
+        eprintfn "error: %s" message
+        if output.Kept then eprintfn "the aligned layers are kept; continue with: %s" (commandLineWith "--resume")
+        1

@@ -1,6 +1,8 @@
 /// `taylor-calibrate distill --stage 1|2`: Stage-1 or Stage-2 distillation of a student directory against
 /// its teacher (Pipeline/Distill/Distill.fs), with a progress bar (tokens/s, loss, ETA), a line per
-/// checkpoint, and the distilled student, its checkpoints and the learning curve under --out.
+/// checkpoint, and the distilled student, its checkpoints and the learning curve under --out. Started by an
+/// MPI launcher (`mpirun -np N taylor-calibrate distill --stage 2 ...`), every rank trains on its share of each
+/// global batch and rank 0 reports and writes (Distill.runRanked).
 module TaylorCalibrate.Cli.DistillCommand
 
 open System
@@ -8,6 +10,8 @@ open System.Threading
 open Argu
 open Spectre.Console
 open TaylorCalibrate.Pipeline
+open TaylorCalibrate.Backend
+open TaylorCalibrate.Backend.Mpi
 open TaylorCalibrate.Pipeline.Distill
 open TaylorCalibrate.Cli.Common
 
@@ -52,14 +56,14 @@ type Args =
             | Recompute -> "Stage 2: rebuild activations in the backward (less memory, same result)"
             | Out _ -> "output directory: distilled student, checkpoints/, curve.json, curve.svg, distill.json"
             | Resume -> "continue the run in --out from its latest checkpoint (exactly)"
-            | Device _ -> "auto | cpu | vulkan | vulkan:N | vulkan:NAME (default auto)"
+            | Device _ -> "auto | cpu | vulkan | vulkan:N | vulkan:NAME (default auto); under mpirun a list, one entry per rank of a node"
 
 /// A learning rate option: finite and not negative (NaN and ±Inf parse as floats but mean nothing here).
 let private rate (option: string) (v: float32) : float32 =
     if not (Single.IsFinite v) || v < 0f then usageError $"{option} {v}: expected a finite learning rate ≥ 0"
     v
 
-let run (args: ParseResults<Args>) =
+let private runOn (world: MpiWorld option) (args: ParseResults<Args>) =
     let tokens = args.GetResult Tokens
     let stage =
         match args.GetResult Stage with
@@ -90,15 +94,24 @@ let run (args: ParseResults<Args>) =
             Batch = args.GetResult(Batch, 8); Accum = args.GetResult(Accum, 1)
             CheckpointEvery = args.GetResult(Checkpoint_Every, max 1L (tokens / 10L))
             Recompute = args.Contains Recompute; Resume = args.Contains Resume }
-    use be = openDevice (args.TryGetResult Device)
+    use be = openRankDevice world (args.TryGetResult Device)
+    let ranks = match world with Some w -> w :> ICollectives | None -> SingleRank.Instance
     use cts = new CancellationTokenSource()
     let onCancel = ConsoleCancelEventHandler(fun _ e -> e.Cancel <- true; cts.Cancel())
     Console.CancelKeyPress.AddHandler onCancel
     let n = Distill.Stage.number stage
-    AnsiConsole.MarkupLine(
-        "[bold]distill[/] " + Markup.Escape $"stage {n}: {sources.StudentDir} against {sources.TeacherPath} -> {out}; {inputs.Train.Tokens} training tokens in {inputs.Train.Documents} documents, device {be.Name}")
+    let ranksText = if ranks.Size > 1 then $", {ranks.Size} MPI ranks" else ""
+    if ranks.Rank = 0 then
+        AnsiConsole.MarkupLine(
+            "[bold]distill[/] " + Markup.Escape $"stage {n}: {sources.StudentDir} against {sources.TeacherPath} -> {out}; {inputs.Train.Tokens} training tokens in {inputs.Train.Documents} documents, device {be.Name}{ranksText}")
     try
       try
+        if ranks.Rank <> 0 then
+            // Rank 0 reports; the others train silently and fail loudly.
+            let silent = { new IProgress<Distill.DistillProgress> with member _.Report _ = () }
+            Distill.runRanked ranks be inputs options out silent cts.Token |> orFail |> ignore
+            0
+        else
         let result =
             AnsiConsole.Progress()
                 .AutoClear(false)
@@ -119,7 +132,7 @@ let run (args: ParseResults<Args>) =
                                 | Distill.Checkpointed(pt, dir) ->
                                     AnsiConsole.MarkupLine(Markup.Escape $"checkpoint {IO.Path.GetFileName dir}: {pt.Tokens} tokens, loss {pt.Loss:G4}, held-out PPL {pt.Perplexity:F3}, KL {pt.HeldOutKl:G4}")
                                 | Distill.Warning w -> AnsiConsole.MarkupLine("[yellow]warning:[/] " + Markup.Escape w) }
-                    Distill.run be inputs options out progress cts.Token)
+                    Distill.runRanked ranks be inputs options out progress cts.Token)
             |> orFail
         let c = result.Curve
         let first, last = List.head c.Points, List.last c.Points
@@ -128,6 +141,10 @@ let run (args: ParseResults<Args>) =
             printfn "training: %.0f tokens/s (%s), %.3f GFLOP/s model rate (%.3g FLOP/token)"
                 result.TokensPerSecond (if n = 2 then "teacher forward included" else "teacher trace included")
                 (result.TokensPerSecond * result.FlopsPerToken / 1e9) result.FlopsPerToken
+        if ranks.Size > 1 && result.StepsRun > 0 then
+            let trainSeconds = float (int64 result.StepsRun * result.TokensPerStep) / result.TokensPerSecond
+            printfn "gradient sum over %d ranks: %.4f s per step of %.4f s (%.1f %%)" ranks.Size (result.AllreduceSeconds / float result.StepsRun)
+                (trainSeconds / float result.StepsRun) (100.0 * result.AllreduceSeconds / trainSeconds)
         printfn "wrote %s (student, checkpoints/, curve.json, curve.svg, distill.json)" out
         0
       with :? OperationCanceledException ->
@@ -135,3 +152,7 @@ let run (args: ParseResults<Args>) =
         130
     finally
         Console.CancelKeyPress.RemoveHandler onCancel
+
+let run (args: ParseResults<Args>) =
+    let world = startMpi ()
+    onEveryRank world (fun () -> runOn world args)

@@ -91,6 +91,8 @@ type DistillResult =
       TokensPerSecond: float
       /// Model FLOPs per training token (matmul weights only; see flopsPerToken).
       FlopsPerToken: float
+      /// Of the training time, the seconds spent summing gradients over MPI ranks (0 for one process).
+      AllreduceSeconds: float
       OutDir: string
       Warnings: string list }
 
@@ -146,17 +148,29 @@ let private evaluate (student: DeviceDecoder) (teacher: DeviceDecoder) (set: Per
         let r = Perplexity.evaluate student (Some teacher) s None ct
         r.Perplexity, defaultArg r.MeanKl nan
 
-/// Runs the stage on `be` and writes the student into `out` (see the module comment). Returns an InputError
-/// for a checkpoint of another run, or checkpoints in `out` without `Resume`.
-let run (be: IBackend) (inputs: DistillInputs.Inputs) (o: DistillOptions) (out: string)
-        (progress: IProgress<DistillProgress>) (ct: CancellationToken) : Result<DistillResult, InputError> =
+/// Runs the stage on `be` as one rank of `ranks` and writes the student into `out` (see the module comment).
+/// With several ranks (Stage 2 only) each rank trains on its share of every global batch
+/// (Parallel/DataParallel.fs); rank 0 alone evaluates and writes the curve, the checkpoints and the student,
+/// and every rank resumes from those checkpoints (a directory all ranks see). Returns an InputError for a
+/// checkpoint of another run, checkpoints in `out` without `Resume`, or ranks whose settings differ.
+let runRanked (ranks: Mpi.ICollectives) (be: IBackend) (inputs: DistillInputs.Inputs) (o: DistillOptions) (out: string)
+              (progress: IProgress<DistillProgress>) (ct: CancellationToken) : Result<DistillResult, InputError> =
     let T = inputs.Sources.SeqLen
+    let writer = ranks.Rank = 0
     if o.Batch < 1 then Error(InvalidOption("--batch", $"must be at least 1, not {o.Batch}")) else
     if o.Accum < 1 then Error(InvalidOption("--accum", $"must be at least 1, not {o.Accum}")) else
     let tokensPerStep = int64 o.Batch * int64 o.Accum * int64 T
     if o.Tokens < tokensPerStep then
         Error(InvalidOption("--tokens", $"{o.Tokens} is fewer than one step of {tokensPerStep} tokens (batch {o.Batch} x accum {o.Accum} x seq-len {T})")) else
     if o.CheckpointEvery < 1L then Error(InvalidOption("--checkpoint-every", "must be at least 1 token")) else
+    if ranks.Size > 1 && Stage.number o.Stage <> 2 then
+        Error(InvalidOption("--stage", $"1 runs per layer on one process; {ranks.Size} MPI ranks train Stage 2 only")) else
+    if o.Batch % ranks.Size <> 0 then
+        Error(InvalidOption("--batch", $"{o.Batch} rows do not split evenly over {ranks.Size} MPI ranks")) else
+    // Every rank must run the same job: the identity of a resumed run, checked before any work.
+    match TaylorCalibrate.Pipeline.Parallel.DataParallel.agree ranks (identity inputs o).Settings with
+    | Error why -> Error(InvalidOption("mpirun", why))
+    | Ok() ->
     let steps = int (o.Tokens / tokensPerStep)
     let every = int (max 1L ((o.CheckpointEvery + tokensPerStep - 1L) / tokensPerStep))
     let ckDir = Path.Combine(out, "checkpoints")
@@ -211,17 +225,21 @@ let run (be: IBackend) (inputs: DistillInputs.Inputs) (o: DistillOptions) (out: 
         match resumed with
         | Some(p, c, w) -> p, c, w
         | None ->
-            let ppl, kl = evaluate student teacher inputs.Eval ct
-            let teacherPpl = match inputs.Eval with Some s -> (Perplexity.evaluate teacher None s None ct).Perplexity | None -> nan
+            let ppl, kl = if writer then evaluate student teacher inputs.Eval ct else nan, nan
+            let teacherPpl =
+                match inputs.Eval with
+                | Some s when writer -> (Perplexity.evaluate teacher None s None ct).Perplexity
+                | _ -> nan
             TokenStream.start stream,
             { Stage = Stage.number o.Stage; TeacherPerplexity = teacherPpl
               Points = [ { Step = 0; Tokens = 0L; Perplexity = ppl; Loss = nan; HeldOutKl = kl } ] },
             []
     for w in warnings do progress.Report(Warning w)
     let writeCurve () =
+      if writer then
         AtomicFile.writeText (Path.Combine(out, "curve.json")) (toJson curve)
         AtomicFile.writeText (Path.Combine(out, "curve.svg")) (toSvg curve)
-    Directory.CreateDirectory out |> ignore
+    if writer then Directory.CreateDirectory out |> ignore
     writeCurve ()
     let first = optimizer.StepsTaken
     progress.Report(Started(first, steps, tokensPerStep))
@@ -238,7 +256,11 @@ let run (be: IBackend) (inputs: DistillInputs.Inputs) (o: DistillOptions) (out: 
         let loss =
             match step1, step2 with
             | Some t, _ -> (t.Step(micro, o.Batch, T)).Report.Loss
-            | _, Some t -> (t.Step(micro, o.Batch, T)).Loss
+            | _, Some t when ranks.Size = 1 -> (t.Step(micro, o.Batch, T)).Loss
+            | _, Some t ->
+                // This rank's rows of each global micro-batch (every rank read the same rows).
+                let first, count = TaylorCalibrate.Pipeline.Parallel.DataParallel.shardRows ranks o.Batch
+                (t.StepShard(ranks, micro |> List.map (fun ids -> Array.sub ids (first * T) (count * T)), count, T)).Loss
             | _ -> nan
         trainWatch.Stop()
         if not (Double.IsFinite loss) then
@@ -249,7 +271,7 @@ let run (be: IBackend) (inputs: DistillInputs.Inputs) (o: DistillOptions) (out: 
         progress.Report(Stepped(s + 1, steps, tokens, loss, float (int64 (s + 1 - first) * tokensPerStep) / max trainWatch.Elapsed.TotalSeconds 1e-9))
         if (s + 1) % every = 0 || s + 1 = steps then
             progress.Report(Evaluating(s + 1))
-            let ppl, kl = evaluate student teacher inputs.Eval ct
+            let ppl, kl = if writer then evaluate student teacher inputs.Eval ct else nan, nan
             let point = { Step = s + 1; Tokens = tokens; Perplexity = ppl; Loss = lossSum / float lossCount; HeldOutKl = kl }
             lossSum <- 0.0
             lossCount <- 0
@@ -257,25 +279,32 @@ let run (be: IBackend) (inputs: DistillInputs.Inputs) (o: DistillOptions) (out: 
             let state : Checkpoint.TrainingState =
                 { Step = s + 1; DataPosition = Position.toInt64s position; Rngs = Map.empty
                   Extra = Map [ "curve", toJson curve ] }
-            Checkpoint.save ckDir id state optimizer
+            if writer then Checkpoint.save ckDir id state optimizer
             writeCurve ()
             progress.Report(Checkpointed(point, Path.Combine(ckDir, Checkpoint.stepDirectoryName (s + 1))))
     // The distilled student, in convert's format, and where it came from.
-    let baseWeights, gdn = student.Download()
-    let distilled = { inputs.Student with Base = baseWeights; Gdn = gdn }
-    StudentIo.save out distilled (Some inputs.TokenizerPath)
-    let prov = JsonObject()
-    prov["stage"] <- JsonValue.Create(Stage.number o.Stage)
-    prov["student"] <- JsonValue.Create(Path.GetFullPath inputs.Sources.StudentDir)
-    prov["teacher"] <- JsonValue.Create(Path.GetFullPath inputs.Sources.TeacherPath)
-    prov["teacher_embedding_sha256"] <- JsonValue.Create inputs.TeacherFingerprint
-    prov["steps"] <- JsonValue.Create steps
-    prov["tokens"] <- JsonValue.Create(int64 steps * tokensPerStep)
-    prov["train_text"] <- JsonArray(inputs.Sources.TrainTexts |> List.map (fun p -> JsonValue.Create p :> JsonNode) |> Array.ofList)
-    prov["settings"] <- JsonObject(id.Settings |> Map.toSeq |> Seq.map (fun (k, v) -> Collections.Generic.KeyValuePair<string, JsonNode>(k, JsonValue.Create v)))
-    AtomicFile.writeText (Path.Combine(out, DistillInputs.provenanceFile)) (prov.ToJsonString(Text.Json.JsonSerializerOptions(WriteIndented = true)))
+    if writer then
+      let baseWeights, gdn = student.Download()
+      let distilled = { inputs.Student with Base = baseWeights; Gdn = gdn }
+      StudentIo.save out distilled (Some inputs.TokenizerPath)
+      let prov = JsonObject()
+      prov["stage"] <- JsonValue.Create(Stage.number o.Stage)
+      prov["student"] <- JsonValue.Create(Path.GetFullPath inputs.Sources.StudentDir)
+      prov["teacher"] <- JsonValue.Create(Path.GetFullPath inputs.Sources.TeacherPath)
+      prov["teacher_embedding_sha256"] <- JsonValue.Create inputs.TeacherFingerprint
+      prov["steps"] <- JsonValue.Create steps
+      prov["tokens"] <- JsonValue.Create(int64 steps * tokensPerStep)
+      prov["train_text"] <- JsonArray(inputs.Sources.TrainTexts |> List.map (fun p -> JsonValue.Create p :> JsonNode) |> Array.ofList)
+      prov["settings"] <- JsonObject(id.Settings |> Map.toSeq |> Seq.map (fun (k, v) -> Collections.Generic.KeyValuePair<string, JsonNode>(k, JsonValue.Create v)))
+      AtomicFile.writeText (Path.Combine(out, DistillInputs.provenanceFile)) (prov.ToJsonString(Text.Json.JsonSerializerOptions(WriteIndented = true)))
     let ran = steps - first
     Ok { Curve = curve; Steps = steps; TokensPerStep = tokensPerStep; StepsRun = ran
          TokensPerSecond = (if ran > 0 then float (int64 ran * tokensPerStep) / max trainWatch.Elapsed.TotalSeconds 1e-9 else nan)
          FlopsPerToken = flopsPerToken o.Stage inputs.Student.Config inputs.Student.Gdn.Count
+         AllreduceSeconds = (match step2 with Some t -> t.SyncSeconds | None -> 0.0)
          OutDir = out; Warnings = warnings }
+
+/// Runs the stage on `be` as the only process (see runRanked).
+let run (be: IBackend) (inputs: DistillInputs.Inputs) (o: DistillOptions) (out: string)
+        (progress: IProgress<DistillProgress>) (ct: CancellationToken) : Result<DistillResult, InputError> =
+    runRanked Mpi.SingleRank.Instance be inputs o out progress ct

@@ -28,6 +28,9 @@ type Stage2Trainer(teacher: DeviceDecoder, student: DeviceDecoder, settings: Ada
     let optimizer = new AdamW(settings, rules, parameters)
     let mutable lossBuffer : Tensor option = None
     let sum = be.Allocate [| 1 |]
+    // Time in the data-parallel gradient sum (download, rank-ordered sum over ranks, upload), after the
+    // ranks met at a barrier.
+    let syncWatch = Diagnostics.Stopwatch()
     let lossRows (n: int) =
         match lossBuffer with
         | Some t when t.Count = int64 n -> t
@@ -57,6 +60,9 @@ type Stage2Trainer(teacher: DeviceDecoder, student: DeviceDecoder, settings: Ada
 
     member _.Optimizer = optimizer
 
+    /// Seconds spent summing gradients over ranks so far (StepShard).
+    member _.SyncSeconds = syncWatch.Elapsed.TotalSeconds
+
     /// Mean KL per position of the current student on (B, T) ids, without training.
     member _.Kl(ids: int[], B: int, T: int) : float = run ids B T None
 
@@ -64,6 +70,20 @@ type Stage2Trainer(teacher: DeviceDecoder, student: DeviceDecoder, settings: Ada
     member _.Step(microBatches: int[] list, B: int, T: int) : Trainer.StepReport =
         let mbs = Array.ofList microBatches
         Trainer.step optimizer mbs.Length (fun mb -> run mbs[mb.Index] B T (Some mb.Weight))
+
+    /// One data-parallel step (Parallel/DataParallel.fs): this rank's rows of each micro-batch (each (B, T)
+    /// ids, B = the global rows / ranks), their gradients weighted by the rank's share and summed over ranks.
+    member _.StepShard(ranks: Mpi.ICollectives, microBatches: int[] list, B: int, T: int) : Trainer.StepReport =
+        let mbs = Array.ofList microBatches
+        let share = 1.0 / float ranks.Size
+        let combine = TaylorCalibrate.Pipeline.Parallel.DataParallel.combineStep ranks optimizer share
+        let timed loss =
+            // Waiting for a slower rank is not communication: wait at a barrier first, then time the sum.
+            ranks.Barrier()
+            syncWatch.Start()
+            try combine loss finally syncWatch.Stop()
+        Trainer.stepWeightedThen timed optimizer (Trainer.equalWeights mbs.Length)
+            (fun mb -> run mbs[mb.Index] B T (Some(mb.Weight * float32 share)))
 
     interface IDisposable with
         member _.Dispose() =

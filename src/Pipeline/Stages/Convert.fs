@@ -13,6 +13,7 @@ open TaylorCalibrate.Backend
 open TaylorCalibrate.Pipeline.Model
 open TaylorCalibrate.Pipeline.Student
 open TaylorCalibrate.Pipeline.Stages.TeacherTrace
+open TaylorCalibrate.Pipeline.Parallel
 
 /// An initialisation strategy.
 [<RequireQualifiedAccess>]
@@ -88,53 +89,89 @@ module Hooks =
 let private gateInit (o: ConvertOptions) (naive: GdnWeights) =
     if o.Strategy = InitStrategy.ZeroGate then { naive with Wg = Array.zeroCreate naive.Wg.Length } else naive
 
+/// Converts one layer from its naive weights on `be`: its report and final weights. Depends only on the layer's
+/// own trace and options, so it gives the same result on any backend of the same kind.
+let private convertLayer (be: IBackend) (c: ModelConfig) (trace: TeacherTrace) (dev: TeacherTrace option) (o: ConvertOptions)
+                         (hooks: Hooks) (ct: CancellationToken) (i: int) (naive: GdnWeights) : LayerReport * GdnWeights =
+    let watch = Stopwatch.StartNew()
+    hooks.LayerStarted i
+    let tr = trace.Layers[i]
+    let afterGate = gateInit o naive
+    let afterPhase1, phase1 =
+        if InitStrategy.usesPhase1 o.Strategy then
+            let w, info = TaylorInit.apply o.Taylor be c tr trace.B trace.T afterGate
+            w, Some info
+        else afterGate, None
+    let final, alignment, phase1 =
+        if o.Strategy = InitStrategy.CalibratePlus then
+            match hooks.Resume i with
+            | Some(w, r) -> w, Some r, None
+            | None ->
+                let fit : CalibratePlus.LayerSet = { Trace = tr; B = trace.B }
+                let devSet = dev |> Option.map (fun d -> ({ Trace = d.Layers[i]; B = d.B } : CalibratePlus.LayerSet))
+                let w, r = CalibratePlus.run o.Plus o.Taylor be c fit devSet trace.T o.Seed afterGate (hooks.Step i) ct
+                hooks.LayerAligned i w r.Alignment
+                w, Some r.Alignment, r.Phase1
+        elif InitStrategy.usesPhase2 o.Strategy then
+            match hooks.Resume i with
+            | Some(w, r) -> w, Some r, phase1
+            | None ->
+                let w, r = Align.alignLayer o.Align be c tr trace.B trace.T afterPhase1 (hooks.Step i) ct
+                hooks.LayerAligned i w r
+                w, Some r, phase1
+        else afterPhase1, None, phase1
+    let fit = Align.fit be c tr trace.B trace.T final
+    { Layer = i; MeanDistance = tr.MeanDistance; Entropy = tr.Entropy; Phase1 = phase1; Alignment = alignment
+      Fit = fit; Seconds = watch.Elapsed.TotalSeconds },
+    final
+
+/// Hooks that several worker threads may call at once: each call holds one lock (they are cheap: progress and
+/// writing one layer's file).
+let private serialised (h: Hooks) : Hooks =
+    let gate = obj ()
+    { Resume = (fun i -> lock gate (fun () -> h.Resume i))
+      LayerAligned = (fun i w r -> lock gate (fun () -> h.LayerAligned i w r))
+      Step = (fun i s l -> lock gate (fun () -> h.Step i s l))
+      LayerStarted = (fun i -> lock gate (fun () -> h.LayerStarted i)) }
+
+/// Converts with the layers spread over several backends (Parallel/LayerScheduler.fs), returning also the
+/// device that converted each layer. Same student and reports as `runWith` on one backend of the same kind. A
+/// layer that fails raises LayerScheduler.JobsFailedException naming it and its device, after the other
+/// layers finished (and were persisted by hooks.LayerAligned).
+let runOnWorkers (workers: DeviceWorker list) (teacher: Teacher) (trace: TeacherTrace) (dev: TeacherTrace option) (kept: int list)
+                 (o: ConvertOptions) (hooks: Hooks) (ct: CancellationToken) : Student * LayerReport list * Map<int, string> =
+    let skeleton = Skeleton.build teacher kept o.Expand o.Seed
+    let hooks = if workers.Length > 1 then serialised hooks else hooks
+    let jobs = skeleton.Gdn |> Map.toList
+    let finished =
+        LayerScheduler.run workers jobs (fun w (i, naive) -> convertLayer w.Backend teacher.Config trace dev o hooks ct i naive) ct
+        |> LayerScheduler.orRaise (fun (i, _) -> $"layer {i}")
+    let layers = finished |> List.map (fun ((i, _), _, (_, w)) -> i, w)
+    let reports = finished |> List.map (fun (_, _, (r, _)) -> r)
+    let devices = finished |> List.map (fun ((i, _), d, _) -> i, d) |> Map.ofList
+    { skeleton with Gdn = Map layers; Init = InitStrategy.name o.Strategy }, reports, devices
+
 /// Converts: the student and one report per converted layer. `dev` is the trace of held-out calibration text
 /// (calibrate-plus selects on it; the published strategies ignore it).
 let runWith (be: IBackend) (teacher: Teacher) (trace: TeacherTrace) (dev: TeacherTrace option) (kept: int list) (o: ConvertOptions)
             (hooks: Hooks) (ct: CancellationToken) : Student * LayerReport list =
-    let c = teacher.Config
-    let skeleton = Skeleton.build teacher kept o.Expand o.Seed
-    let reports, layers =
-        skeleton.Gdn
-        |> Map.toList
-        |> List.map (fun (i, naive) ->
-            let watch = Stopwatch.StartNew()
-            hooks.LayerStarted i
-            let tr = trace.Layers[i]
-            let afterGate = gateInit o naive
-            let afterPhase1, phase1 =
-                if InitStrategy.usesPhase1 o.Strategy then
-                    let w, info = TaylorInit.apply o.Taylor be c tr trace.B trace.T afterGate
-                    w, Some info
-                else afterGate, None
-            let final, alignment, phase1 =
-                if o.Strategy = InitStrategy.CalibratePlus then
-                    match hooks.Resume i with
-                    | Some(w, r) -> w, Some r, None
-                    | None ->
-                        let fit : CalibratePlus.LayerSet = { Trace = tr; B = trace.B }
-                        let devSet = dev |> Option.map (fun d -> ({ Trace = d.Layers[i]; B = d.B } : CalibratePlus.LayerSet))
-                        let w, r = CalibratePlus.run o.Plus o.Taylor be c fit devSet trace.T o.Seed afterGate (hooks.Step i) ct
-                        hooks.LayerAligned i w r.Alignment
-                        w, Some r.Alignment, r.Phase1
-                elif InitStrategy.usesPhase2 o.Strategy then
-                    match hooks.Resume i with
-                    | Some(w, r) -> w, Some r, phase1
-                    | None ->
-                        let w, r = Align.alignLayer o.Align be c tr trace.B trace.T afterPhase1 (hooks.Step i) ct
-                        hooks.LayerAligned i w r
-                        w, Some r, phase1
-                else afterPhase1, None, phase1
-            let fit = Align.fit be c tr trace.B trace.T final
-            { Layer = i; MeanDistance = tr.MeanDistance; Entropy = tr.Entropy; Phase1 = phase1; Alignment = alignment
-              Fit = fit; Seconds = watch.Elapsed.TotalSeconds },
-            (i, final))
-        |> List.unzip
-    { skeleton with Gdn = Map layers; Init = InitStrategy.name o.Strategy }, reports
+    let student, reports, _ = runOnWorkers [ DeviceWorker(be.Name, be) ] teacher trace dev kept o hooks ct
+    student, reports
 
 /// Converts without held-out calibration text.
 let run (be: IBackend) (teacher: Teacher) (trace: TeacherTrace) (kept: int list) (o: ConvertOptions) (hooks: Hooks) (ct: CancellationToken) =
     runWith be teacher trace None kept o hooks ct
+
+/// Converts only `layers` (some of the converted layers) for what their hooks persist: one MPI rank's share of
+/// a sharded conversion (Parallel/ShardedConvert.fs). Each layer's result is the one `runOnWorkers` gives it.
+let convertLayers (workers: DeviceWorker list) (teacher: Teacher) (trace: TeacherTrace) (dev: TeacherTrace option) (kept: int list)
+                  (o: ConvertOptions) (hooks: Hooks) (ct: CancellationToken) (layers: int list) : unit =
+    let skeleton = Skeleton.build teacher kept o.Expand o.Seed
+    let hooks = if workers.Length > 1 then serialised hooks else hooks
+    let jobs = skeleton.Gdn |> Map.toList |> List.filter (fun (i, _) -> List.contains i layers)
+    LayerScheduler.run workers jobs (fun w (i, naive) -> convertLayer w.Backend teacher.Config trace dev o hooks ct i naive) ct
+    |> LayerScheduler.orRaise (fun (i, _) -> $"layer {i}")
+    |> ignore
 
 /// naive or zero-gate without a calibration batch: the same student `runWith` builds, from the teacher's weights
 /// alone, with nothing measured (no trace, so no per-layer report).

@@ -306,9 +306,12 @@ type Outcome =
 /// The Taylor diagnostic is O(T²) per chunk on the host: it runs on the paper's batch size at most.
 let private diagnosticChunks = 4
 
-/// Runs the prepared conversion into the taken output (see the module comment); `progress` hears each event.
-/// Cancellation raises OperationCanceledException after the aligned layers so far are persisted.
-let run (be: IBackend) (p: Prepared) (o: Output) (progress: Event -> unit) (ct: CancellationToken) : Outcome =
+/// Runs the prepared conversion into the taken output (see the module comment) with the converted layers
+/// spread over `workers` (Parallel/LayerScheduler.fs; the trace runs on the first); `progress` hears each
+/// event, possibly from several threads. Cancellation raises OperationCanceledException after the aligned
+/// layers so far are persisted.
+let runOn (workers: DeviceWorker list) (p: Prepared) (o: Output) (progress: Event -> unit) (ct: CancellationToken) : Outcome =
+    let be = workers.Head.Backend
     let out = o.Directory
     let timings = Collections.Generic.List<string * float>()
     let timed name f =
@@ -351,7 +354,7 @@ let run (be: IBackend) (p: Prepared) (o: Output) (progress: Event -> unit) (ct: 
                       LayerAligned = (fun i w r -> AlignCheckpoint.save out i w r; alignedNow.Value <- alignedNow.Value + 1)
                       Step = (fun i s loss -> progress (Aligning(i, s, loss)))
                       LayerStarted = (fun i -> progress (LayerStarted i)) }
-                let student, reports = timed "convert" (fun () -> Convert.runWith be p.Teacher trace dev p.Kept opts hooks ct)
+                let student, reports, _ = timed "convert" (fun () -> Convert.runOnWorkers workers p.Teacher trace dev p.Kept opts hooks ct)
                 progress LayersDone
                 student, reports |> List.map (fun r -> ({ Convert = r; Taylor = taylor.TryFind r.Layer } : ConvertReport.LayerEntry))
         timed "save" (fun () -> StudentIo.save out student (Some p.TokenizerPath))
@@ -359,7 +362,8 @@ let run (be: IBackend) (p: Prepared) (o: Output) (progress: Event -> unit) (ct: 
         let report : ConvertReport.Report =
             { Teacher = p.TeacherPath; Init = Convert.InitStrategy.name p.Strategy; Kept = p.Kept; GqaExpand = GqaExpand.name p.Expand
               Seed = p.Seed; Steps = p.Steps; Calibration = p.Calibration |> Option.map (fun s -> s.Fit)
-              Layers = layers; Timings = List.ofSeq timings; Device = be.Name }
+              Layers = layers; Timings = List.ofSeq timings
+              Device = (match workers with [ w ] -> w.Backend.Name | ws -> ws |> List.map (fun w -> w.Id) |> String.concat ",") }
         AtomicFile.writeText (Path.Combine(out, "report.json")) (ConvertReport.toJson report)
         AtomicFile.writeText (Path.Combine(out, "report.html")) (ReportHtml.convertPage report)
         o.Keep()
@@ -368,6 +372,10 @@ let run (be: IBackend) (p: Prepared) (o: Output) (progress: Event -> unit) (ct: 
         // What a --resume continues from is kept: layers aligned by this run, or an interrupted aligning run's settings.
         if aligns && (alignedNow.Value > 0 || e :? OperationCanceledException) then o.Keep()
         reraise ()
+
+/// Runs the prepared conversion on one backend (see runOn).
+let run (be: IBackend) (p: Prepared) (o: Output) (progress: Event -> unit) (ct: CancellationToken) : Outcome =
+    runOn [ DeviceWorker(be.Name, be) ] p o progress ct
 
 /// The whole conversion in one call, without progress: what `taylor-calibrate convert` does.
 let convert (be: IBackend) (r: Request) (out: string) (resume: bool) (ct: CancellationToken) : Result<Outcome, InputError> =

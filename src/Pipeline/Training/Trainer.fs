@@ -30,9 +30,10 @@ type StepReport =
       /// The learning rate each trained group used (group name, rate).
       LearningRates: (string * float32) list }
 
-/// One step over micro-batches with the given weights (each > 0, summing to 1 within 1e-6).
-/// `lossAndGrad` returns the micro-batch's mean loss and accumulates Weight·gradient into the parameters' Grad.
-let stepWeighted (optimizer: AdamW) (weights: float32[]) (lossAndGrad: MicroBatch -> float) : StepReport =
+/// One step over micro-batches with the given weights (each > 0, summing to 1 within 1e-6), where
+/// `combine` runs between the accumulation and the update: it gets the accumulated loss, may change the
+/// gradients (data parallel: sum them over ranks, Parallel/DataParallel.fs) and returns the step's loss.
+let stepWeightedThen (combine: float -> float) (optimizer: AdamW) (weights: float32[]) (lossAndGrad: MicroBatch -> float) : StepReport =
     if weights.Length = 0 then invalidArg "weights" "a step needs at least one micro-batch"
     if weights |> Array.exists (fun w -> not (Single.IsFinite w && w > 0f)) then
         invalidArg "weights" "micro-batch weights must be finite and > 0"
@@ -43,8 +44,14 @@ let stepWeighted (optimizer: AdamW) (weights: float32[]) (lossAndGrad: MicroBatc
     for i in 0 .. weights.Length - 1 do
         let l = lossAndGrad { Index = i; Count = weights.Length; Weight = weights[i] }
         loss <- loss + float weights[i] * l
+    let loss = combine loss
     let s = optimizer.Step()
     { Step = s.Step; Loss = loss; GradNorm = s.GradNorm; LrFactor = s.LrFactor; LearningRates = s.LearningRates }
+
+/// One step over micro-batches with the given weights (each > 0, summing to 1 within 1e-6).
+/// `lossAndGrad` returns the micro-batch's mean loss and accumulates Weight·gradient into the parameters' Grad.
+let stepWeighted (optimizer: AdamW) (weights: float32[]) (lossAndGrad: MicroBatch -> float) : StepReport =
+    stepWeightedThen id optimizer weights lossAndGrad
 
 /// Weights of `count` equal micro-batches (1/count each; exactly 1 for a single batch).
 let equalWeights (count: int) : float32[] =

@@ -50,6 +50,22 @@ let runInterrupted (args: string list) (ready: unit -> bool) (timeoutSeconds: fl
     p.WaitForExit()
     { ExitCode = p.ExitCode; Out = out.Result; Err = err.Result }
 
+/// How to start the CLI: its apphost, or `dotnet` with its dll.
+let command = if selfContained then [ cliApphost ] else [ "dotnet"; cliDll ]
+
+/// Runs `launcher @ [the CLI] @ args` (e.g. `mpirun -np 2`) with extra environment variables, and waits.
+let runUnder (launcher: string list) (env: (string * string) list) (args: string list) : CliResult =
+    if not (File.Exists cliDll) then failwithf "CLI not built next to the tests: %s" cliDll
+    let all = launcher @ command @ args
+    let psi = ProcessStartInfo(List.head all, List.tail all, UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true)
+    psi.Environment["DOTNET_NOLOGO"] <- "1"
+    for k, v in env do psi.Environment[k] <- v
+    use p = Process.Start psi
+    let out = p.StandardOutput.ReadToEndAsync()
+    let err = p.StandardError.ReadToEndAsync()
+    p.WaitForExit()
+    { ExitCode = p.ExitCode; Out = out.Result; Err = err.Result }
+
 /// A fresh temporary folder.
 let tempDir () =
     let d = Path.Combine(Path.GetTempPath(), "tc-cli-" + Guid.NewGuid().ToString "N")
