@@ -238,7 +238,7 @@ let runRanked (ranks: Mpi.ICollectives) (be: IBackend) (inputs: DistillInputs.In
     let writeCurve () =
       if writer then
         AtomicFile.writeText (Path.Combine(out, "curve.json")) (toJson curve)
-        AtomicFile.writeText (Path.Combine(out, "curve.svg")) (toSvg curve)
+        toSvg curve |> Option.iter (AtomicFile.writeText (Path.Combine(out, "curve.svg")))
     if writer then Directory.CreateDirectory out |> ignore
     writeCurve ()
     let first = optimizer.StepsTaken

@@ -94,18 +94,29 @@ let ofJson (json: string) : Curve =
               Loss = f e["loss"]; HeldOutKl = f e["held_out_kl"] } ] }
 
 /// The run's picture: held-out PPL against tokens (log scale), with the teacher and 1.25× the teacher as
-/// flat reference series; drawn by the project's one chart module (Report/SvgChart.fs).
-let toChart (c: Curve) : TaylorCalibrate.Pipeline.Report.SvgChart.Chart =
+/// flat reference series; without an evaluation text, the mean training loss against tokens instead. None
+/// while the curve has no finite value to draw (a run without evaluation text, before its first step).
+/// Drawn by the project's one chart module (Report/SvgChart.fs).
+let toChart (c: Curve) : TaylorCalibrate.Pipeline.Report.SvgChart.Chart option =
+    let finite (ys: float[]) = ys |> Array.exists Double.IsFinite
     let xs = c.Points |> List.map (fun p -> float p.Tokens) |> Array.ofList
     let ppl = c.Points |> List.map (fun p -> p.Perplexity) |> Array.ofList
-    let span = if xs.Length = 0 then [||] else [| Array.min xs; Array.max xs |]
-    let flat (v: float) = Array.map (fun _ -> v) span
-    let refs =
-        if Double.IsFinite c.TeacherPerplexity && span.Length > 0 then
-            [ "teacher", span, flat c.TeacherPerplexity; "1.25x teacher", span, flat (1.25 * c.TeacherPerplexity) ]
-        else []
-    TaylorCalibrate.Pipeline.Report.SvgChart.lines $"Stage {c.Stage}: held-out perplexity" "training tokens" "perplexity" true
-        (("student", xs, ppl) :: refs)
+    let loss = c.Points |> List.map (fun p -> p.Loss) |> Array.ofList
+    if finite ppl then
+        let span = [| Array.min xs; Array.max xs |]
+        let flat (v: float) = Array.map (fun _ -> v) span
+        let refs =
+            if Double.IsFinite c.TeacherPerplexity then
+                [ "teacher", span, flat c.TeacherPerplexity; "1.25x teacher", span, flat (1.25 * c.TeacherPerplexity) ]
+            else []
+        Some(TaylorCalibrate.Pipeline.Report.SvgChart.lines $"Stage {c.Stage}: held-out perplexity" "training tokens" "perplexity" true
+                 (("student", xs, ppl) :: refs))
+    elif finite loss then
+        // No evaluation text: the training loss is the only curve there is.
+        let keep = Array.zip xs loss |> Array.filter (snd >> Double.IsFinite)
+        Some(TaylorCalibrate.Pipeline.Report.SvgChart.lines $"Stage {c.Stage}: training loss (no evaluation text)" "training tokens" "loss" true
+                 [ "training loss", Array.map fst keep, Array.map snd keep ])
+    else None
 
-/// The run's picture as a standalone SVG document.
-let toSvg (c: Curve) : string = TaylorCalibrate.Pipeline.Report.SvgChart.render true (toChart c)
+/// The run's picture as a standalone SVG document (None: see toChart).
+let toSvg (c: Curve) : string option = toChart c |> Option.map (TaylorCalibrate.Pipeline.Report.SvgChart.render true)

@@ -74,6 +74,17 @@ let tests =
                 Expect.equal (s2 "group.rest.weight_decay") "0.01" "Stage 2 weight decay")
         }
 
+        test "without --eval-text the run finishes and curve.svg draws the training loss" {
+            withFixture (fun f ->
+                let out = Path.Combine(f.Root, "no-eval")
+                let args = baseArgs f out |> List.filter (fun a -> a <> "--eval-text" && a <> f.EvalText)
+                let r = CliRunner.run args
+                Expect.equal r.ExitCode 0 $"exit code 0 (stderr: {r.Err})"
+                let svg = File.ReadAllText(Path.Combine(out, "curve.svg"))
+                Expect.stringContains svg "training loss" "the picture is of the training loss"
+                Expect.isTrue (File.Exists(Path.Combine(out, StudentIo.weightsFile))) "the student is written")
+        }
+
         test "a student directory whose config and tensors disagree" {
             withFixture (fun f ->
                 let cfg = Path.Combine(f.StudentDir, "config.json")

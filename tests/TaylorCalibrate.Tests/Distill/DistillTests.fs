@@ -174,4 +174,16 @@ let tests =
             Expect.equal (LearningCurve.tokensTo 25.0 pts) (LearningCurve.AtFirstPoint 0L) "already below at the first point"
             Expect.equal (LearningCurve.tokensTo 5.0 pts) LearningCurve.NotReached "never reached"
         }
+
+        test "the curve's picture: held-out PPL when measured, else the training loss, else none" {
+            let pt tokens ppl loss : LearningCurve.CurvePoint = { Step = int tokens; Tokens = tokens; Perplexity = ppl; Loss = loss; HeldOutKl = nan }
+            let curve pts : LearningCurve.Curve = { Stage = 2; TeacherPerplexity = nan; Points = pts }
+            match LearningCurve.toChart (curve [ pt 0L 20.0 nan; pt 100L 10.0 0.5 ]) with
+            | Some c -> Expect.stringContains c.Title "perplexity" "PPL when measured"
+            | None -> failtest "a measured curve has a picture"
+            match LearningCurve.toChart (curve [ pt 0L nan nan; pt 100L nan 0.5; pt 200L nan 0.25 ]) with
+            | Some c -> Expect.stringContains c.Title "training loss" "the loss without an evaluation text"
+            | None -> failtest "a trained curve has a picture"
+            Expect.isNone (LearningCurve.toChart (curve [ pt 0L nan nan ])) "nothing to draw before the first step"
+        }
     ]

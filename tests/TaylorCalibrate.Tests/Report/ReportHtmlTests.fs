@@ -112,7 +112,7 @@ let tests =
             let curve : TaylorCalibrate.Pipeline.Distill.LearningCurve.Curve =
                 { Stage = 2; TeacherPerplexity = 10.0; Points = [ point 0L 60.0; point 100L 30.0; point 200L 20.0 ] }
             let pictures =
-                ("distill curve.svg", TaylorCalibrate.Pipeline.Distill.LearningCurve.toSvg curve)
+                ("distill curve.svg", (TaylorCalibrate.Pipeline.Distill.LearningCurve.toSvg curve).Value)
                 :: [ for ch in Demo.charts (TaylorCalibrate.Tests.Stages.DemoTests.sample ()) -> $"demo {ch.Title}", SvgChart.render true ch ]
             for name, svg in pictures do
                 let withoutNamespace = svg.Replace("xmlns=\"http://www.w3.org/2000/svg\"", "")
