@@ -53,6 +53,19 @@ let measure (be: IBackend) (opts: BenchOptions) (action: unit -> unit) =
     if n % 2 = 1 then sorted[n / 2] else 0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
 
 /// Writes records as a JSON list, atomically.
+/// One x·Wᵀ GEMM of M×N×K with constant operands, as a record of `suite`: the reference rate a model's FLOP
+/// rate is read against in the same run (`what` says which projection it stands for).
+let projectionGemm (be: IBackend) (opts: BenchOptions) (suite: string) (what: string) (M: int) (N: int) (K: int) =
+    use a = be.Allocate [| M; K |]
+    use b = be.Allocate [| N; K |]
+    use c = be.Allocate [| M; N |]
+    be.Fill(a, 0.5f)
+    be.Fill(b, 0.25f)
+    let spec = GemmSpec(M, N, K, TransB = true)
+    let seconds = measure be opts (fun () -> be.Gemm(a, b, c, spec))
+    { Suite = suite; Device = be.Name; Case = $"gemm x·Wᵀ {M}x{N}x{K} ({what})"
+      M = Some M; N = Some N; K = Some K; Seconds = seconds; Gflops = Some(spec.Flops / seconds / 1e9); TokensPerSecond = None }
+
 let writeJson (path: string) (records: BenchRecord seq) =
     TaylorCalibrate.Pipeline.Io.AtomicFile.write path (fun s ->
         use w = new Utf8JsonWriter(s, JsonWriterOptions(Indented = true))

@@ -47,17 +47,6 @@ let private stageCases (be: IBackend) (opts: BenchOptions) (name: string) (c: Mo
         record be $"stage 2 step, {shape}" c B T (Distill.flopsPerToken (Distill.Stage2(1e-4f, 7e-6f)) c gdnLayers) seconds
     [ stage1; stage2 ]
 
-let private gemmCase (be: IBackend) (opts: BenchOptions) (M: int) (N: int) (K: int) =
-    use a = be.Allocate [| M; K |]
-    use b = be.Allocate [| N; K |]
-    use c = be.Allocate [| M; N |]
-    be.Fill(a, 0.5f)
-    be.Fill(b, 0.25f)
-    let spec = GemmSpec(M, N, K, TransB = true)
-    let seconds = measure be opts (fun () -> be.Gemm(a, b, c, spec))
-    { Suite = "distill"; Device = be.Name; Case = $"gemm x·Wᵀ {M}x{N}x{K} (the MLP projection of the last shape: the FLOP rates are read against it)"
-      M = Some M; N = Some N; K = Some K; Seconds = seconds; Gflops = Some(spec.Flops / seconds / 1e9); TokensPerSecond = None }
-
 let run (be: IBackend) (opts: BenchOptions) (report: BenchRecord -> unit) =
     let onCpu = be.Name.StartsWith "cpu"
     let full = onCpu && not opts.Quick
@@ -65,7 +54,7 @@ let run (be: IBackend) (opts: BenchOptions) (report: BenchRecord -> unit) =
         if full then [ "stories260K", stories260K, 8, 256; "llama L4 D256", TrainSuite.llamaD256, 8, 256 ]
         else [ "stories260K", stories260K, 2, 64 ]
     let _, gemmShape, gB, gT = List.last shapes
-    [ let g = gemmCase be opts (gB * gT) gemmShape.Hidden gemmShape.Dim
+    [ let g = projectionGemm be opts "distill" "the MLP projection of the last shape: the FLOP rates are read against it" (gB * gT) gemmShape.Hidden gemmShape.Dim
       report g
       yield g
       for name, c, B, T in shapes do

@@ -60,21 +60,10 @@ let private trainCase (be: IBackend) (opts: BenchOptions) (c: ModelConfig) (B: i
       M = Some(B * T); N = Some c.Vocab; K = Some c.Dim; Seconds = seconds
       Gflops = Some(stepFlops c B T / seconds / 1e9); TokensPerSecond = Some(float (B * T) / seconds) }
 
-let private gemmCase (be: IBackend) (opts: BenchOptions) (M: int) (N: int) (K: int) =
-    use a = be.Allocate [| M; K |]
-    use b = be.Allocate [| N; K |]
-    use c = be.Allocate [| M; N |]
-    be.Fill(a, 0.5f)
-    be.Fill(b, 0.25f)
-    let spec = GemmSpec(M, N, K, TransB = true)
-    let seconds = measure be opts (fun () -> be.Gemm(a, b, c, spec))
-    { Suite = "train"; Device = be.Name; Case = $"gemm x·Wᵀ {M}x{N}x{K} (the MLP projection of this run)"
-      M = Some M; N = Some N; K = Some K; Seconds = seconds; Gflops = Some(spec.Flops / seconds / 1e9); TokensPerSecond = None }
-
 let run (be: IBackend) (opts: BenchOptions) (report: BenchRecord -> unit) =
     let onCpu = be.Name.StartsWith "cpu"
     let c, B, T = if onCpu && not opts.Quick then llamaD256, 8, 256 else small, 2, 64
-    [ for r in [ (fun () -> gemmCase be opts (B * T) c.Hidden c.Dim)
+    [ for r in [ (fun () -> projectionGemm be opts "train" "the MLP projection of this run" (B * T) c.Hidden c.Dim)
                  (fun () -> trainCase be opts c B T false)
                  (fun () -> trainCase be opts c B T true) ] do
         let record = r ()

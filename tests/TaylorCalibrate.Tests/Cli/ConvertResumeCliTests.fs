@@ -10,19 +10,8 @@ open TaylorCalibrate.Pipeline.Student
 open TaylorCalibrate.Tests
 open TaylorCalibrate.Tests.Model
 
-/// A 3-layer Llama teacher (context 256 for the 4×256 calibration batch) with the tiny byte-level tokenizer,
-/// and a calibration text of ~1,600 tokens.
-let private setup () =
-    let dir = CliRunner.tempDir ()
-    let modelDir = Path.Combine(dir, "teacher")
-    let c = { TeacherForwardTests.TinyModels.config ModelFamily.Llama with Layers = 3; Vocab = 264; Context = 256 }
-    HfWriter.write modelDir (TeacherForwardTests.TinyModels.teacher c 71) HfWriter.F32 None
-    let _, tokPath = TokenizerTests.tinyTokenizerWith ignore
-    File.Copy(tokPath, Path.Combine(modelDir, "tokenizer.json"))
-    let calib = Path.Combine(dir, "calib.txt")
-    let story i = $"Once upon a time a little cat number {i} saw the tall tree and the low wall, then went home.\n<|endoftext|>\n"
-    File.WriteAllText(calib, String.concat "" [ for i in 1 .. 20 -> story i ])
-    dir, modelDir, calib
+/// The conversion job's tiny teacher and calibration text (Stages/ConvertJobTests.fs).
+let private setup () = TaylorCalibrate.Tests.Stages.ConvertJobTests.setup ()
 
 let private expectRefused (r: CliRunner.CliResult) (fragment: string) =
     Expect.equal r.ExitCode 2 $"exit code 2 (stdout: {r.Out}; stderr: {r.Err})"

@@ -17,8 +17,8 @@ open TaylorCalibrate.Tests
 open TaylorCalibrate.Tests.Model
 
 /// A 3-layer Llama teacher (context 256 for the 4×256 calibration batch) with the tiny byte-level tokenizer,
-/// and a calibration text of ~1,600 tokens.
-let private setup () =
+/// and a calibration text of ~1,600 tokens (the CLI conversion tests use it too).
+let setup () =
     let dir = CliRunner.tempDir ()
     let modelDir = Path.Combine(dir, "teacher")
     let c = { TeacherForwardTests.TinyModels.config ModelFamily.Llama with Layers = 3; Vocab = 264; Context = 256 }
