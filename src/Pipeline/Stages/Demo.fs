@@ -19,10 +19,16 @@ open TaylorCalibrate.Pipeline.Report
 let markerName = ".taylor-calibrate-demo"
 
 /// Makes `dir` ready for a demo run: created when absent; emptied when it holds the demo marker (an
-/// earlier demo's output); refused when it holds anything else, so that no one's files are deleted.
-let prepareOut (dir: string) : Result<unit, InputError> =
+/// earlier demo's output); refused when it holds anything else, so that no one's files are deleted, and
+/// refused when one of the run's `inputs` (option, path) lies inside it, since emptying it would delete them.
+let prepareOut (dir: string) (inputs: (string * string) list) : Result<unit, InputError> =
     let marker = Path.Combine(dir, markerName)
+    let full = Path.TrimEndingDirectorySeparator(Path.GetFullPath dir) + string Path.DirectorySeparatorChar
+    let inside = inputs |> List.tryFind (fun (_, p) -> Path.GetFullPath(p).StartsWith(full, StringComparison.Ordinal))
     if File.Exists dir then Error(InvalidOption("--out", $"{dir} is a file, not a folder"))
+    elif inside.IsSome then
+        let option, p = inside.Value
+        Error(InvalidOption("--out", $"{dir} holds the run's own input {p} ({option}); choose an --out outside it"))
     elif Directory.Exists dir && Directory.EnumerateFileSystemEntries dir |> Seq.isEmpty |> not && not (File.Exists marker) then
         Error(InvalidOption("--out", $"{dir} is not empty and was not written by demo; give an empty or new folder"))
     else

@@ -187,7 +187,7 @@ let run (be: IBackend) (r: Request) (progress: Event -> unit) (ct: CancellationT
         let chunk = Calibration.CalibrationOptions.defaults.Length
         do! check (c.Context >= chunk) "--teacher" $"{r.Teacher}: context {c.Context} is shorter than the calibration chunk {chunk}"
         do! check (r.SeqLen <= c.Context) "--seq-len" $"{r.SeqLen} exceeds the teacher's context {c.Context}"
-        do! Demo.prepareOut r.Out
+        do! Demo.prepareOut r.Out (("--teacher", r.Teacher) :: given)
 
         do! step 1 $"devices and a checked GEMM on {be.Name}" (fun () ->
                 let list = Devices.List()

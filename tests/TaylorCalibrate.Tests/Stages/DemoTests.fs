@@ -35,22 +35,33 @@ let tests =
                 let d = tempDir ()
                 let mine = Path.Combine(d, "notes.txt")
                 File.WriteAllText(mine, "keep me")
-                match Demo.prepareOut d with
+                match Demo.prepareOut d [] with
                 | Error(InvalidOption("--out", why)) -> Expect.stringContains why "not empty" "says why"
                 | other -> failtestf "expected a refusal, got %A" other
                 Expect.equal (File.ReadAllText mine) "keep me" "untouched"
                 Directory.Delete(d, true) }
             test "a new folder is created with the marker; an earlier demo's folder is replaced" {
                 let d = Path.Combine(tempDir (), "out")
-                Expect.equal (Demo.prepareOut d) (Ok()) "created"
+                Expect.equal (Demo.prepareOut d []) (Ok()) "created"
                 Expect.isTrue (File.Exists(Path.Combine(d, Demo.markerName))) "marked"
                 File.WriteAllText(Path.Combine(d, "old-result.json"), "{}")
-                Expect.equal (Demo.prepareOut d) (Ok()) "an earlier demo's folder"
+                Expect.equal (Demo.prepareOut d []) (Ok()) "an earlier demo's folder"
                 Expect.isFalse (File.Exists(Path.Combine(d, "old-result.json"))) "its old files are gone"
+                Directory.Delete(Path.GetDirectoryName d, true) }
+            test "an earlier demo's folder that holds this run's own input is refused and left as it was" {
+                let d = Path.Combine(tempDir (), "out")
+                Expect.equal (Demo.prepareOut d []) (Ok()) "an earlier demo's folder"
+                let calib = Path.Combine(d, "calib.txt")
+                File.WriteAllText(calib, "my calibration text")
+                match Demo.prepareOut d [ "--calib-text", calib ] with
+                | Error(InvalidOption("--out", why)) -> Expect.stringContains why "--calib-text" "names the input's option"
+                | other -> failtestf "expected a refusal, got %A" other
+                Expect.equal (File.ReadAllText calib) "my calibration text" "the input is untouched"
+                Expect.equal (Demo.prepareOut (d + "-other") [ "--calib-text", calib ]) (Ok()) "a folder beside it is fine"
                 Directory.Delete(Path.GetDirectoryName d, true) }
             test "an empty existing folder is taken" {
                 let d = tempDir ()
-                Expect.equal (Demo.prepareOut d) (Ok()) "empty folder"
+                Expect.equal (Demo.prepareOut d []) (Ok()) "empty folder"
                 Directory.Delete(d, true) } ]
 
         test "texts: split by name at the year, calibration is the last training documents, no document in two parts" {
