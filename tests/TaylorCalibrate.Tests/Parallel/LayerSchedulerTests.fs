@@ -83,9 +83,16 @@ let tests =
                 try
                     use cts = new CancellationTokenSource()
                     let started = ref 0
-                    Expect.throwsT<OperationCanceledException> (fun () ->
-                        LayerScheduler.run ws [ 0 .. 99 ] (fun _ j -> (if Interlocked.Increment started = 4 then cts.Cancel()); j) cts.Token |> ignore) "cancelled"
-                    Expect.isLessThan started.Value 100 "jobs after the cancel did not start"
+                    // A job that began before the cancel waits for it, so no worker can race through the
+                    // remaining jobs between the 4th job's start and its Cancel() call: after the cancel each
+                    // of the 2 workers has begun at most one more job.
+                    let work _ j =
+                        let n = Interlocked.Increment started
+                        if n = 4 then cts.Cancel()
+                        elif n > 4 then cts.Token.WaitHandle.WaitOne() |> ignore
+                        j
+                    Expect.throwsT<OperationCanceledException> (fun () -> LayerScheduler.run ws [ 0 .. 99 ] work cts.Token |> ignore) "cancelled"
+                    Expect.isLessThanOrEqual started.Value (4 + ws.Length) "jobs after the cancel did not start"
                 finally for w in ws do w.Backend.Dispose()
             }
         ]
