@@ -133,7 +133,15 @@ internal static unsafe partial class FlashAttention
             vaccD = Vector256.FusedMultiplyAdd(p, dist, vaccD);
             vaccS = Vector256.FusedMultiplyAdd(p, x, vaccS);
         }
-        float sp = Vector256.Sum(vaccP), sd = Vector256.Sum(vaccD), sx = Vector256.Sum(vaccS);
+        ExpRowTail(s, c, valid, n, m, off, Vector256.Sum(vaccP), Vector256.Sum(vaccD), Vector256.Sum(vaccS), out ps, out pd, out pss);
+    }
+
+    // The scalar end of ExpRow/ExpRowWide: columns [c, valid) one at a time after the vector part's sums,
+    // then the masked columns [valid, n) zeroed.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void ExpRowTail(float* s, int c, int valid, int n, float m, int off, float sp, float sd, float sx,
+                           out float ps, out float pd, out float pss)
+    {
         for (; c < valid; c++)
         {
             float x = s[c];
@@ -206,17 +214,6 @@ internal static unsafe partial class FlashAttention
             vaccS = Vector256.FusedMultiplyAdd(p, x, vaccS);
             c += 8;
         }
-        float sp = Vector256.Sum(vaccP), sd = Vector256.Sum(vaccD), sx = Vector256.Sum(vaccS);
-        for (; c < valid; c++)
-        {
-            float x = s[c];
-            float p = MathF.Exp(x - m);
-            s[c] = p;
-            sp += p;
-            sd += p * MathF.Max(off - c, 0.5f);
-            sx += p * x;
-        }
-        for (; c < n; c++) s[c] = 0f;
-        ps = sp; pd = sd; pss = sx;
+        ExpRowTail(s, c, valid, n, m, off, Vector256.Sum(vaccP), Vector256.Sum(vaccD), Vector256.Sum(vaccS), out ps, out pd, out pss);
     }
 }
