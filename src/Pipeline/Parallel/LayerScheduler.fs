@@ -36,26 +36,25 @@ let orRaise (describe: 'k -> string) (o: Outcome<'k, 'r>) : ('k * string * 'r) l
 /// backends run the same kernels on it.
 let private workerStack = 8 * 1024 * 1024
 
-/// Runs `work worker job` for every job. Cancellation stops workers between jobs and is rethrown as
-/// OperationCanceledException after the running jobs returned (a job that observes the token throws it itself).
-let run (workers: DeviceWorker list) (jobs: 'k list) (work: DeviceWorker -> 'k -> 'r) (ct: CancellationToken) : Outcome<'k, 'r> =
+/// The shared loop of `run` and `runPinned`: worker w (its index in `workers`) asks `take w` for the index of
+/// its next job, None when it has none left.
+let private runWith (workers: DeviceWorker list) (jobArray: 'k[]) (take: int -> int option) (work: DeviceWorker -> 'k -> 'r)
+                    (ct: CancellationToken) : Outcome<'k, 'r> =
     if workers.IsEmpty then invalidArg "workers" "at least one device is needed"
-    let jobArray = Array.ofList jobs
     let results : ('k * string * 'r) option[] = Array.create jobArray.Length None
     let failures = ConcurrentBag<int * JobFailure<'k>>()
-    let mutable next = -1
     let mutable cancelled = false
     let single = workers.Length = 1
-    let loop (w: DeviceWorker) () =
+    let loop (wi: int) (w: DeviceWorker) () =
         let mutable go = true
         while go do
             if ct.IsCancellationRequested then
                 cancelled <- true
                 go <- false
             else
-                let i = Interlocked.Increment &next
-                if i >= jobArray.Length then go <- false
-                else
+                match take wi with
+                | None -> go <- false
+                | Some i ->
                     if single then results[i] <- Some(jobArray[i], w.Id, work w jobArray[i])
                     else
                         try results[i] <- Some(jobArray[i], w.Id, work w jobArray[i])
@@ -63,11 +62,54 @@ let run (workers: DeviceWorker list) (jobs: 'k list) (work: DeviceWorker -> 'k -
                         | :? OperationCanceledException -> cancelled <- true; go <- false
                         | e -> failures.Add(i, { Job = jobArray[i]; Device = w.Id; Error = e })
     match workers with
-    | [ w ] -> loop w ()
+    | [ w ] -> loop 0 w ()
     | _ ->
-        let threads = workers |> List.map (fun w -> Thread(ThreadStart(loop w), workerStack, Name = $"worker {w.Id}", IsBackground = true))
+        let threads =
+            workers |> List.mapi (fun wi w -> Thread(ThreadStart(loop wi w), workerStack, Name = $"worker {w.Id}", IsBackground = true))
         for t in threads do t.Start()
         for t in threads do t.Join()
     if cancelled then raise (OperationCanceledException ct)
     { Done = results |> Array.choose id |> List.ofArray
       Failed = failures |> Seq.sortBy fst |> Seq.map snd |> List.ofSeq }
+
+/// Runs `work worker job` for every job. Cancellation stops workers between jobs and is rethrown as
+/// OperationCanceledException after the running jobs returned (a job that observes the token throws it itself).
+let run (workers: DeviceWorker list) (jobs: 'k list) (work: DeviceWorker -> 'k -> 'r) (ct: CancellationToken) : Outcome<'k, 'r> =
+    let jobArray = Array.ofList jobs
+    let mutable next = -1
+    let take _ =
+        let i = Interlocked.Increment &next
+        if i < jobArray.Length then Some i else None
+    runWith workers jobArray take work ct
+
+/// Like `run`, but each job runs on the worker `owner job` names (an index into `workers`), in job order on
+/// that worker: for work whose state lives on one device (a layer's parameters and optimizer moments while
+/// Stage 1 trains). Failures and cancellation as in `run`.
+let runPinned (workers: DeviceWorker list) (jobs: 'k list) (owner: 'k -> int) (work: DeviceWorker -> 'k -> 'r)
+              (ct: CancellationToken) : Outcome<'k, 'r> =
+    let jobArray = Array.ofList jobs
+    let queues =
+        Array.init workers.Length (fun wi ->
+            [| for i in 0 .. jobArray.Length - 1 do if owner jobArray[i] = wi then yield i |])
+    for i in 0 .. jobArray.Length - 1 do
+        let o = owner jobArray[i]
+        if o < 0 || o >= workers.Length then invalidArg "owner" $"job {i} names worker {o}; there are {workers.Length}"
+    let cursors = Array.zeroCreate workers.Length
+    let take wi =
+        let c = cursors[wi]
+        if c < queues[wi].Length then
+            cursors[wi] <- c + 1
+            Some(queues[wi][c])
+        else None
+    runWith workers jobArray take work ct
+
+/// One value per worker, made by the worker the first time it asks (a worker's own copy of the teacher, say),
+/// so a device no job reached uploads nothing. Dispose disposes the values made.
+type PerWorker<'a when 'a :> IDisposable>(make: DeviceWorker -> 'a) =
+    let made = ConcurrentDictionary<string, Lazy<'a>>()
+    /// `w`'s value, made on first use.
+    member _.Of(w: DeviceWorker) : 'a = made.GetOrAdd(w.Id, fun _ -> lazy (make w)).Value
+    interface IDisposable with
+        member _.Dispose() =
+            for KeyValue(_, v) in made do
+                if v.IsValueCreated then v.Value.Dispose()

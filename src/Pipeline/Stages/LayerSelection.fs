@@ -16,6 +16,7 @@ open TaylorCalibrate.Backend
 open TaylorCalibrate.Pipeline
 open TaylorCalibrate.Pipeline.Eval
 open TaylorCalibrate.Pipeline.Model
+open TaylorCalibrate.Pipeline.Parallel
 open TaylorCalibrate.Pipeline.Student
 
 /// The policy a selection was made with (what the result records).
@@ -185,14 +186,17 @@ module Models =
     /// teacher, the calibration batch, the seed and the layer index (teacher-forced, fresh draws a function of
     /// (seed, layer)), never on which other layers are kept: so the hybrid keeping only ℓ is this student
     /// with ℓ's softmax attention restored (keepOnly), and GA-S2 costs one init of L layers, not L inits.
-    let convertAll (be: IBackend) (dt: DeviceDecoder) (t: Teacher) (setup: GaS2Setup) (layerStarted: int -> unit) (ct: CancellationToken) : Student =
+    /// The layers are converted over `workers` (Convert.runOnWorkers: the student of one device of their kind);
+    /// the trace runs on `dt`.
+    let convertAllOn (workers: DeviceWorker list) (dt: DeviceDecoder) (t: Teacher) (setup: GaS2Setup) (layerStarted: int -> unit) (ct: CancellationToken) : Student =
         let o = setup.Options
         let all = [ 0 .. t.Config.Layers - 1 ]
         match setup.Calibration with
         | Some batch ->
             let trace = TeacherTrace.run dt batch all
             let hooks = { Convert.Hooks.none with LayerStarted = layerStarted }
-            fst (Convert.run be t trace [] o hooks ct)
+            let student, _, _ = Convert.runOnWorkers workers t trace None [] o hooks ct
+            student
         | None ->
             // Only the trace-free inits reach here (GaS2Setup.create): naive, and zero-gate = naive with W_g = 0.
             let s = Skeleton.build t [] o.Expand o.Seed
@@ -201,6 +205,10 @@ module Models =
                 if o.Strategy = Convert.InitStrategy.ZeroGate then s.Gdn |> Map.map (fun _ w -> { w with Wg = Array.zeroCreate w.Wg.Length })
                 else s.Gdn
             { s with Gdn = gdn; Init = Convert.InitStrategy.name o.Strategy }
+
+    /// convertAllOn one device.
+    let convertAll (be: IBackend) (dt: DeviceDecoder) (t: Teacher) (setup: GaS2Setup) (layerStarted: int -> unit) (ct: CancellationToken) : Student =
+        convertAllOn [ DeviceWorker(be.Name, be) ] dt t setup layerStarted ct
 
     /// The hybrid keeping only `layer` softmax, from a student with every layer converted.
     let keepOnly (all: Student) (layer: int) : Student =
@@ -215,8 +223,15 @@ let private checkPerplexity (what: string) (ppl: float) =
     if Double.IsNaN ppl then invalidOp $"{what}: the perplexity is NaN; the forward pass produced non-finite logits"
     ppl
 
-/// Runs the selection on `be`. Cancellation stops between evaluation batches.
-let run (be: IBackend) (input: SelectionInput) (progress: IProgress<SelectionProgress> option) (ct: CancellationToken) : Selection =
+/// Runs the selection with its per-layer measurements spread over `workers` (docs/architecture.md
+/// "Scale-out"): AR's L evaluations of the teacher without one attention sublayer, and GA-S2's conversion and
+/// its L one-layer hybrids' evaluations, each on the next free device (LayerScheduler); the teacher's own
+/// perplexity and GA-S2's trace run on the first. Each measurement depends only on the layer and the device's
+/// kind, so two same-kind workers give the one-device scores bit for bit. A layer whose measurement fails is
+/// reported with its device (LayerScheduler.JobsFailedException) after the others finished. Cancellation
+/// stops between evaluation batches.
+let runOn (workers: DeviceWorker list) (input: SelectionInput) (progress: IProgress<SelectionProgress> option) (ct: CancellationToken) : Selection =
+    if workers.IsEmpty then invalidArg "workers" "at least one device is needed"
     let t = input.Teacher
     let L = t.Config.Layers
     if input.K < 1 || input.K > L then invalidArg "input" $"k = {input.K} must lie in 1..{L}"
@@ -227,7 +242,11 @@ let run (be: IBackend) (input: SelectionInput) (progress: IProgress<SelectionPro
         | Plan.Uniform -> 0
         | Plan.Ar _ -> L + 1
         | Plan.GaS2 _ -> 2 * L + 1
+    // Progress may come from several worker threads: the count of finished units plus the fractions of the
+    // evaluations under way, under one lock.
+    let gate = obj ()
     let mutable finished = 0
+    let running = Array.zeroCreate<float> L
     let report (fraction: float) (what: string) =
         progress |> Option.iter (fun p -> p.Report { Done = float finished + fraction; Total = total; Current = what })
     let step (what: string) (f: (float -> unit) -> 'a) : 'a =
@@ -236,40 +255,58 @@ let run (be: IBackend) (input: SelectionInput) (progress: IProgress<SelectionPro
         finished <- finished + 1
         report 0.0 what
         r
+    /// Layer i's evaluation, one of L that may run at once.
+    let layerStep (i: int) (what: string) (f: (float -> unit) -> 'a) : 'a =
+        let reportNow () = report (Array.sum running) what
+        lock gate reportNow
+        let r = f (fun x -> lock gate (fun () -> running[i] <- x; reportNow ()))
+        lock gate (fun () -> running[i] <- 0.0; finished <- finished + 1; reportNow ())
+        r
     let measured (eval: EvalInput) (calibration: CalibrationInfo option) (scores: LayerScore list) teacherPpl =
         { EvalText = eval.Source; Window = eval.Set.Window; Windows = eval.Set.Windows; TeacherPerplexity = teacherPpl
           Scores = scores; Calibration = calibration }
+    let perLayer (work: DeviceWorker -> int -> LayerScore) : LayerScore list =
+        LayerScheduler.run workers [ 0 .. L - 1 ] work ct
+        |> LayerScheduler.orRaise (fun i -> $"layer {i}")
+        |> List.map (fun (_, _, score) -> score)
     let kept, measurement =
         match input.Plan with
         | Plan.Uniform -> LayerPolicy.uniformCount L input.K, None
         | Plan.Ar eval ->
-            use dt = Models.upload be t
+            use copies = new TeacherTrace.TeacherCopies(t)
             let teacherPpl =
-                step "teacher" (fun on -> Models.teacherPerplexity dt Set.empty eval.Set on ct) |> checkPerplexity "teacher"
+                step "teacher" (fun on -> Models.teacherPerplexity (copies.Of workers.Head) Set.empty eval.Set on ct)
+                |> checkPerplexity "teacher"
             let scores =
-                [ for i in 0 .. L - 1 ->
+                perLayer (fun w i ->
                     let ppl =
-                        step $"layer {i} without attention" (fun on -> Models.teacherPerplexity dt (set [ i ]) eval.Set on ct)
+                        layerStep i $"layer {i} without attention" (fun on -> Models.teacherPerplexity (copies.Of w) (set [ i ]) eval.Set on ct)
                         |> checkPerplexity $"teacher without layer {i}'s attention"
-                    { Layer = i; Perplexity = ppl; Score = ppl - teacherPpl } ]
+                    { Layer = i; Perplexity = ppl; Score = ppl - teacherPpl })
             choose input.K true scores, Some(measured eval None scores teacherPpl)
         | Plan.GaS2(eval, setup) ->
-            use dt = Models.upload be t
+            use dt = Models.upload workers.Head.Backend t
             let teacherPpl =
                 step "teacher" (fun on -> Models.teacherPerplexity dt Set.empty eval.Set on ct) |> checkPerplexity "teacher"
             let init = Convert.InitStrategy.name setup.Options.Strategy
+            // Layers start in order on one device; on several, each start counts one unit (under the lock
+            // Convert.runOnWorkers holds around its hooks).
             let layerStarted i =
                 if i > 0 then finished <- finished + 1
                 report 0.0 $"{init} init of layer {i}"
-            let all = Models.convertAll be dt t setup layerStarted ct
+            let all = Models.convertAllOn workers dt t setup layerStarted ct
             finished <- 1 + L
             let scores =
-                [ for i in 0 .. L - 1 ->
+                perLayer (fun w i ->
                     let ppl =
-                        step $"hybrid keeping layer {i}" (fun on -> Models.studentPerplexity be (Models.keepOnly all i) eval.Set on ct)
+                        layerStep i $"hybrid keeping layer {i}" (fun on -> Models.studentPerplexity w.Backend (Models.keepOnly all i) eval.Set on ct)
                         |> checkPerplexity $"hybrid keeping only layer {i}"
-                    { Layer = i; Perplexity = ppl; Score = ppl } ]
+                    { Layer = i; Perplexity = ppl; Score = ppl })
             let calibration = setup.Calibration |> Option.map (fun b -> { Text = b.Source; B = b.B; T = b.T })
             choose input.K false scores, Some(measured eval calibration scores teacherPpl)
     { Teacher = identity; Policy = Plan.policy input.Plan; Layers = L; K = input.K; Kept = kept; Measured = measurement
       Seconds = watch.Elapsed.TotalSeconds }
+
+/// Runs the selection on `be` (see runOn).
+let run (be: IBackend) (input: SelectionInput) (progress: IProgress<SelectionProgress> option) (ct: CancellationToken) : Selection =
+    runOn [ DeviceWorker(be.Name, be) ] input progress ct
