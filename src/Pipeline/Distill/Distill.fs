@@ -148,13 +148,11 @@ let private evaluate (student: DeviceDecoder) (teacher: DeviceDecoder) (set: Per
         let r = Perplexity.evaluate student (Some teacher) s None ct
         r.Perplexity, defaultArg r.MeanKl nan
 
-/// Runs the stage on `be` as one rank of `ranks` and writes the student into `out` (see the module comment).
-/// With several ranks (Stage 2 only) each rank trains on its share of every global batch
-/// (Parallel/DataParallel.fs); rank 0 alone evaluates and writes the curve, the checkpoints and the student,
-/// and every rank resumes from those checkpoints (a directory all ranks see). Returns an InputError for a
-/// checkpoint of another run, checkpoints in `out` without `Resume`, or ranks whose settings differ.
-let runRanked (ranks: Mpi.ICollectives) (be: IBackend) (inputs: DistillInputs.Inputs) (o: DistillOptions) (out: string)
-              (progress: IProgress<DistillProgress>) (ct: CancellationToken) : Result<DistillResult, InputError> =
+/// runRanked's body. Stage 1 may also spread its layers over the devices of `workers` (Stage1.Stage1Trainer; the first is where
+/// teacher and student live and everything else runs); Stage 2 takes one device per rank.
+let private runWorkersRanked (ranks: Mpi.ICollectives) (workers: DeviceWorker list) (inputs: DistillInputs.Inputs) (o: DistillOptions)
+                             (out: string) (progress: IProgress<DistillProgress>) (ct: CancellationToken) : Result<DistillResult, InputError> =
+    let be = workers.Head.Backend
     let T = inputs.Sources.SeqLen
     let writer = ranks.Rank = 0
     if o.Batch < 1 then Error(InvalidOption("--batch", $"must be at least 1, not {o.Batch}")) else
@@ -165,6 +163,9 @@ let runRanked (ranks: Mpi.ICollectives) (be: IBackend) (inputs: DistillInputs.In
     if o.CheckpointEvery < 1L then Error(InvalidOption("--checkpoint-every", "must be at least 1 token")) else
     if ranks.Size > 1 && Stage.number o.Stage <> 2 then
         Error(InvalidOption("--stage", $"1 runs per layer on one process; {ranks.Size} MPI ranks train Stage 2 only")) else
+    if workers.Length > 1 && Stage.number o.Stage <> 1 then
+        let ids = workers |> List.map (fun w -> w.Id) |> String.concat ","
+        Error(InvalidOption("--device", $"{ids}: several devices in one process train Stage 1 (per layer); Stage 2 spreads over MPI ranks (mpirun), one device each")) else
     if o.Batch % ranks.Size <> 0 then
         Error(InvalidOption("--batch", $"{o.Batch} rows do not split evenly over {ranks.Size} MPI ranks")) else
     // Every rank must run the same job: the identity of a resumed run, checked before any work.
@@ -186,7 +187,7 @@ let runRanked (ranks: Mpi.ICollectives) (be: IBackend) (inputs: DistillInputs.In
           Schedule = (match o.Stage with Stage1 _ -> Schedule.Cosine steps | Stage2 _ -> Schedule.Constant) }
     let step1, step2 =
         match o.Stage with
-        | Stage1 lr -> Some(new Stage1.Stage1Trainer(teacher, student, settings, lr, o.WeightDecay, o.LayerOrder)), None
+        | Stage1 lr -> Some(new Stage1.Stage1Trainer(workers, teacher, student, settings, lr, o.WeightDecay, o.LayerOrder)), None
         | Stage2(la, lr) ->
             None, Some(new Stage2.Stage2Trainer(teacher, student, settings, ParameterGroups.Presets.stage2 la lr o.WeightDecay, o.Recompute))
     use _d1 = match step1 with Some t -> t :> IDisposable | None -> { new IDisposable with member _.Dispose() = () }
@@ -234,6 +235,8 @@ let runRanked (ranks: Mpi.ICollectives) (be: IBackend) (inputs: DistillInputs.In
             { Stage = Stage.number o.Stage; TeacherPerplexity = teacherPpl
               Points = [ { Step = 0; Tokens = 0L; Perplexity = ppl; Loss = nan; HeldOutKl = kl } ] },
             []
+    // A restored optimizer's state goes out to the devices that train the layers.
+    if resumed.IsSome then step1 |> Option.iter (fun t -> t.Scatter())
     for w in warnings do progress.Report(Warning w)
     let writeCurve () =
       if writer then
@@ -271,6 +274,7 @@ let runRanked (ranks: Mpi.ICollectives) (be: IBackend) (inputs: DistillInputs.In
         progress.Report(Stepped(s + 1, steps, tokens, loss, float (int64 (s + 1 - first) * tokensPerStep) / max trainWatch.Elapsed.TotalSeconds 1e-9))
         if (s + 1) % every = 0 || s + 1 = steps then
             progress.Report(Evaluating(s + 1))
+            step1 |> Option.iter (fun t -> t.Gather())
             let ppl, kl = if writer then evaluate student teacher inputs.Eval ct else nan, nan
             let point = { Step = s + 1; Tokens = tokens; Perplexity = ppl; Loss = lossSum / float lossCount; HeldOutKl = kl }
             lossSum <- 0.0
@@ -283,6 +287,7 @@ let runRanked (ranks: Mpi.ICollectives) (be: IBackend) (inputs: DistillInputs.In
             writeCurve ()
             progress.Report(Checkpointed(point, Path.Combine(ckDir, Checkpoint.stepDirectoryName (s + 1))))
     // The distilled student, in convert's format, and where it came from.
+    step1 |> Option.iter (fun t -> t.Gather())
     if writer then
       let baseWeights, gdn = student.Download()
       let distilled = { inputs.Student with Base = baseWeights; Gdn = gdn }
@@ -303,6 +308,24 @@ let runRanked (ranks: Mpi.ICollectives) (be: IBackend) (inputs: DistillInputs.In
          FlopsPerToken = flopsPerToken o.Stage inputs.Student.Config inputs.Student.Gdn.Count
          AllreduceSeconds = (match step2 with Some t -> t.SyncSeconds | None -> 0.0)
          OutDir = out; Warnings = warnings }
+
+/// Runs the stage on `be` as one rank of `ranks` and writes the student into `out` (see the module comment).
+/// With several ranks (Stage 2 only) each rank trains on its share of every global batch
+/// (Parallel/DataParallel.fs); rank 0 alone evaluates and writes the curve, the checkpoints and the student,
+/// and every rank resumes from those checkpoints (a directory all ranks see). Returns an InputError for a
+/// checkpoint of another run, checkpoints in `out` without `Resume`, or ranks whose settings differ.
+let runRanked (ranks: Mpi.ICollectives) (be: IBackend) (inputs: DistillInputs.Inputs) (o: DistillOptions) (out: string)
+              (progress: IProgress<DistillProgress>) (ct: CancellationToken) : Result<DistillResult, InputError> =
+    runWorkersRanked ranks [ DeviceWorker(be.Name, be) ] inputs o out progress ct
+
+/// Runs the stage as the only process with Stage 1's layers spread over `workers` (docs/architecture.md
+/// "Scale-out"; teacher, student, evaluation and checkpoints on the first): the same student, curve and
+/// checkpoints as one device of the same kind, bit for bit for same-kind devices, so a run may resume on
+/// another device list. Stage 2 takes one device (an InputError names --device otherwise).
+let runOn (workers: DeviceWorker list) (inputs: DistillInputs.Inputs) (o: DistillOptions) (out: string)
+          (progress: IProgress<DistillProgress>) (ct: CancellationToken) : Result<DistillResult, InputError> =
+    if workers.IsEmpty then invalidArg "workers" "at least one device is needed"
+    runWorkersRanked Mpi.SingleRank.Instance workers inputs o out progress ct
 
 /// Runs the stage on `be` as the only process (see runRanked).
 let run (be: IBackend) (inputs: DistillInputs.Inputs) (o: DistillOptions) (out: string)
