@@ -56,7 +56,7 @@ type Args =
             | Recompute -> "Stage 2: rebuild activations in the backward (less memory, same result)"
             | Out _ -> "output directory: distilled student, checkpoints/, curve.json, curve.svg, distill.json"
             | Resume -> "continue the run in --out from its latest checkpoint (exactly)"
-            | Device _ -> "auto | cpu | vulkan | vulkan:N | vulkan:NAME (default auto); under mpirun a list, one entry per rank of a node"
+            | Device _ -> "auto | cpu | vulkan | vulkan:N | vulkan:NAME (default auto); a list (vulkan:0,vulkan:1, cpu:0,cpu:1, mixed) spreads Stage 1's layers over the devices; under mpirun a list, one entry per rank of a node"
 
 /// A learning rate option: finite and not negative (NaN and ±Inf parse as floats but mean nothing here).
 let private rate (option: string) (v: float32) : float32 =
@@ -94,22 +94,33 @@ let private runOn (world: MpiWorld option) (args: ParseResults<Args>) =
             Batch = args.GetResult(Batch, 8); Accum = args.GetResult(Accum, 1)
             CheckpointEvery = args.GetResult(Checkpoint_Every, max 1L (tokens / 10L))
             Recompute = args.Contains Recompute; Resume = args.Contains Resume }
-    use be = openRankDevice world (args.TryGetResult Device)
+    // Without MPI a --device list spreads Stage 1's layers over its devices; under mpirun each rank takes one.
+    use devices =
+        match world with
+        | None -> openWorkers (args.TryGetResult Device)
+        | Some _ ->
+            let be = openRankDevice world (args.TryGetResult Device)
+            new DeviceWorkers([ DeviceWorker(be.Name, be) ])
+    let be = devices.First
     let ranks = match world with Some w -> w :> ICollectives | None -> SingleRank.Instance
     use cts = new CancellationTokenSource()
+    let train progress =
+        match world with
+        | None -> Distill.runOn devices.Workers inputs options out progress cts.Token
+        | Some _ -> Distill.runRanked ranks be inputs options out progress cts.Token
     let onCancel = ConsoleCancelEventHandler(fun _ e -> e.Cancel <- true; cts.Cancel())
     Console.CancelKeyPress.AddHandler onCancel
     let n = Distill.Stage.number stage
     let ranksText = if ranks.Size > 1 then $", {ranks.Size} MPI ranks" else ""
     if ranks.Rank = 0 then
         AnsiConsole.MarkupLine(
-            "[bold]distill[/] " + Markup.Escape $"stage {n}: {sources.StudentDir} against {sources.TeacherPath} -> {out}; {inputs.Train.Tokens} training tokens in {inputs.Train.Documents} documents, device {be.Name}{ranksText}")
+            "[bold]distill[/] " + Markup.Escape $"stage {n}: {sources.StudentDir} against {sources.TeacherPath} -> {out}; {inputs.Train.Tokens} training tokens in {inputs.Train.Documents} documents, device {devices.Name}{ranksText}")
     try
       try
         if ranks.Rank <> 0 then
             // Rank 0 reports; the others train silently and fail loudly.
             let silent = { new IProgress<Distill.DistillProgress> with member _.Report _ = () }
-            Distill.runRanked ranks be inputs options out silent cts.Token |> orFail |> ignore
+            train silent |> orFail |> ignore
             0
         else
         let result =
@@ -132,7 +143,7 @@ let private runOn (world: MpiWorld option) (args: ParseResults<Args>) =
                                 | Distill.Checkpointed(pt, dir) ->
                                     AnsiConsole.MarkupLine(Markup.Escape $"checkpoint {IO.Path.GetFileName dir}: {pt.Tokens} tokens, loss {pt.Loss:G4}, held-out PPL {pt.Perplexity:F3}, KL {pt.HeldOutKl:G4}")
                                 | Distill.Warning w -> AnsiConsole.MarkupLine("[yellow]warning:[/] " + Markup.Escape w) }
-                    Distill.runRanked ranks be inputs options out progress cts.Token)
+                    train progress)
             |> orFail
         let c = result.Curve
         let first, last = List.head c.Points, List.last c.Points

@@ -49,13 +49,13 @@ type Args =
             | Gqa_Expand _ -> "ga-s2: heads (default) | rows"
             | Window _ -> "evaluation window (default min(2048, context))"
             | Max_Tokens _ -> "evaluate only the first N tokens of --eval-text"
-            | Device _ -> "auto | cpu | vulkan | vulkan:N | vulkan:NAME (default auto)"
+            | Device _ -> "auto | cpu | vulkan | vulkan:N | vulkan:NAME (default auto); a list (vulkan:0,vulkan:1, cpu:0,cpu:1, mixed) spreads the per-layer measurements over the devices"
             | Out _ -> "the selection file to write (JSON), read by `convert --keep-from`"
 
 /// Runs the stage under a progress bar.
-let private runWithProgress be (input: LayerSelection.SelectionInput) (ct: CancellationToken) =
+let private runWithProgress (workers: DeviceWorkers) (input: LayerSelection.SelectionInput) (ct: CancellationToken) =
     match input.Plan with
-    | LayerSelection.Plan.Uniform -> LayerSelection.run be input None ct
+    | LayerSelection.Plan.Uniform -> LayerSelection.runOn workers.Workers input None ct
     | _ ->
         AnsiConsole.Progress()
             .AutoClear(true)
@@ -68,7 +68,7 @@ let private runWithProgress be (input: LayerSelection.SelectionInput) (ct: Cance
                             task.MaxValue <- float p.Total
                             task.Value <- p.Done
                             task.Description <- Markup.Escape p.Current }
-                LayerSelection.run be input (Some progress) ct)
+                LayerSelection.runOn workers.Workers input (Some progress) ct)
 
 let run (args: ParseResults<Args>) =
     let teacherPath = args.GetResult Teacher
@@ -136,14 +136,14 @@ let run (args: ParseResults<Args>) =
                     Expand = expand; Seed = args.GetResult(Seed, 0); Align = { Align.AlignOptions.defaults with Steps = steps } }
             LayerSelection.Plan.GaS2(e, LayerSelection.GaS2Setup.create options batch |> orFail)
     let input : LayerSelection.SelectionInput = { Teacher = t; TeacherPath = teacherPath; K = k; Plan = plan }
-    use be = openDevice (args.TryGetResult Device)
+    use workers = openWorkers (args.TryGetResult Device)
     use cts = new CancellationTokenSource()
     let onCancel = ConsoleCancelEventHandler(fun _ e -> e.Cancel <- true; cts.Cancel())
     Console.CancelKeyPress.AddHandler onCancel
     let initText = match LayerSelection.Policy.init policy with Some i -> $", init {Convert.InitStrategy.name i}" | None -> ""
-    AnsiConsole.MarkupLine("[bold]select-layers[/] " + Markup.Escape $"{teacherPath}: policy {LayerSelection.Policy.name policy}{initText}, keep {k} of {L}, device {be.Name}")
+    AnsiConsole.MarkupLine("[bold]select-layers[/] " + Markup.Escape $"{teacherPath}: policy {LayerSelection.Policy.name policy}{initText}, keep {k} of {L}, device {workers.Name}")
     let s =
-        try runWithProgress be input cts.Token
+        try runWithProgress workers input cts.Token
         finally Console.CancelKeyPress.RemoveHandler onCancel
     match s.Measured with
     | None -> ()
