@@ -68,8 +68,9 @@ let private sources (f: TinyDistill.Fixture) : DistillInputs.DistillSources =
 [<Tests>]
 let tests =
     testList "Parallel.MultiDeviceStage1" [
-        // Clip 1.0 is the method's; 0.05 lies below every step's norm here, so the global clip scales.
-        for clip in [ 1.0f; 0.05f ] do
+        // Clip 1.0 is the method's (no step here reaches it: the norms are ~0.035-0.038); 0.02 lies below
+        // every step's norm, so the global clip scales every step.
+        for clip in [ 1.0f; 0.02f ] do
             for order in [ Stage1.OneAfterAnother; Stage1.Interleaved ] do
                 test $"two CPU workers train the one-CPU Stage 1 bit for bit (clip {clip}, {order})" {
                     withFixture (fun f ->
@@ -97,7 +98,8 @@ let tests =
                 // such values; the updates are lr·m/√v, scale-free in the gradient, so a relative gradient error
                 // stays a like-sized relative error of each of the 4 updates of size ≤ lr = 1e-2 (no
                 // amplification in 4 steps). Bounds: 1e-4 relative for the losses and norms, and 1e-4 of a
-                // tensor's scale for the parameters, ≥ 10x the measured gaps.
+                // tensor's scale for the parameters. Measured on lavapipe: losses 8e-8 relative, gradient norms
+                // 1e-7, parameters 1.1e-6 of their scale (v_proj), so the bounds leave ≥ 90x.
                 for (l1, n1, ls1), (l2, n2, ls2) in List.zip single.Steps mixed.Steps do
                     Expect.floatClose { absolute = 0.0; relative = 1e-4 } l2 l1 "step loss"
                     Expect.floatClose { absolute = 0.0; relative = 1e-4 } n2 n1 "gradient norm"
