@@ -5,6 +5,8 @@
 /// A job that throws is recorded with the device it ran on; the other workers finish their jobs, so work that
 /// the caller persisted per job (aligned layers) is kept. With one worker everything runs on the calling thread
 /// and a failing job's exception propagates unchanged (as before there were workers): its device is the only one.
+/// `runPinned` runs each job on the worker that owns it instead, for work whose state stays on one device
+/// (Stage 1's layers); `PerWorker` holds one value per worker (its copy of the teacher).
 module TaylorCalibrate.Pipeline.Parallel.LayerScheduler
 
 open System
