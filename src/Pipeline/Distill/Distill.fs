@@ -6,6 +6,8 @@
 /// (StudentIo, every file atomic) with OUT/distill.json recording where it came from.
 /// A step holds Accum micro-batches of Batch rows of SeqLen tokens: Batch·Accum·SeqLen tokens. The run takes
 /// ⌊Tokens / that⌋ steps (at least one); a checkpoint every ⌈CheckpointEvery / that⌉ steps and at the end.
+/// Stage 1 can spread its layers over the devices of one process (runOn), Stage 2 its batch over MPI ranks
+/// (runRanked); both give one device's results (docs/architecture.md "Scale-out").
 module TaylorCalibrate.Pipeline.Distill.Distill
 
 open System
@@ -148,8 +150,8 @@ let private evaluate (student: DeviceDecoder) (teacher: DeviceDecoder) (set: Per
         let r = Perplexity.evaluate student (Some teacher) s None ct
         r.Perplexity, defaultArg r.MeanKl nan
 
-/// runRanked's body. Stage 1 may also spread its layers over the devices of `workers` (Stage1.Stage1Trainer; the first is where
-/// teacher and student live and everything else runs); Stage 2 takes one device per rank.
+/// runRanked's body. Stage 1 may also spread its layers over the devices of `workers` (Stage1.Stage1Trainer;
+/// the first is where teacher and student live and everything else runs); Stage 2 takes one device per rank.
 let private runWorkersRanked (ranks: Mpi.ICollectives) (workers: DeviceWorker list) (inputs: DistillInputs.Inputs) (o: DistillOptions)
                              (out: string) (progress: IProgress<DistillProgress>) (ct: CancellationToken) : Result<DistillResult, InputError> =
     let be = workers.Head.Backend
