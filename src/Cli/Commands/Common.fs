@@ -84,7 +84,8 @@ let onEveryRank (world: Mpi.MpiWorld option) (body: unit -> int) : int =
     | None -> body ()
     | Some w ->
         let fail (code: int) (msg: string) =
-            eprintfn "error: rank %d of %d: %s" w.Rank w.Size msg
+            // One write per line, so the lines of ranks that fail together do not interleave.
+            Console.Error.Write($"error: rank {w.Rank} of {w.Size}: {msg}\n")
             w.Abort code
             code
         let code =
