@@ -60,6 +60,22 @@ let tests =
                 Expect.isFalse (Directory.Exists out) "--out not created"
             finally try Directory.Delete(dir, true) with _ -> ()
         }
+        test "mpirun convert: an --out rank 0 refuses stops every rank with exit 2, and what was there stays" {
+            let exe = MpiDistillTests.mpirun ()
+            let dir = CliRunner.tempDir ()
+            try
+                let calib = Path.Combine(dir, "calib.txt")
+                File.WriteAllText(calib, TinyDistill.stories 5 200)
+                let out = Path.Combine(dir, "out")
+                Directory.CreateDirectory out |> ignore
+                File.WriteAllText(Path.Combine(out, "notes.txt"), "mine")
+                let r = CliRunner.runUnder (MpiDistillTests.launcher exe 2) MpiDistillTests.env (args calib out)
+                Expect.equal r.ExitCode 2 $"exit code 2 (stdout: {r.Out}; stderr: {r.Err})"
+                Expect.stringContains r.Err "rank 0 of 2: --out" "rank 0 names the option"
+                Expect.stringContains r.Err "rank 1 of 2: --out: rank 0 could not take" "rank 1 gets rank 0's answer instead of waiting"
+                Expect.equal (Directory.GetFileSystemEntries out |> Array.map Path.GetFileName) [| "notes.txt" |] "only what was there"
+            finally try Directory.Delete(dir, true) with _ -> ()
+        }
         test "mpirun convert: a rank that cannot open its device stops every rank with its error" {
             let exe = MpiDistillTests.mpirun ()
             let dir = CliRunner.tempDir ()
