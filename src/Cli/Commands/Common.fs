@@ -83,8 +83,14 @@ let onEveryRank (world: Mpi.MpiWorld option) (body: unit -> int) : int =
     match world with
     | None -> body ()
     | Some w ->
+        // When a rank dies (killed, out of memory) the launcher stops the others with SIGTERM while they wait
+        // in a collective: say so on the way out (the default handling then ends the process).
+        use _stopped =
+            Runtime.InteropServices.PosixSignalRegistration.Create(Runtime.InteropServices.PosixSignal.SIGTERM, fun _ ->
+                Console.Error.Write($"error: rank {w.Rank} of {w.Size}: stopped by the MPI launcher (SIGTERM), because another rank failed or the job was cancelled; the checkpoints written so far stay good\n"))
         let fail (code: int) (msg: string) =
-            eprintfn "error: rank %d of %d: %s" w.Rank w.Size msg
+            // One write per line, so the lines of ranks that fail together do not interleave.
+            Console.Error.Write($"error: rank {w.Rank} of {w.Size}: {msg}\n")
             w.Abort code
             code
         let code =

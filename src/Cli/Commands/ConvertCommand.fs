@@ -1,6 +1,8 @@
 /// `taylor-calibrate convert`: teacher → calibrated hybrid student directory (docs/method.md §5). The options
 /// become a ConvertJob request; ConvertJob (Pipeline) checks the inputs, takes the output directory, runs the
 /// stages and writes the report; this command shows progress per stage and per layer and prints the results.
+/// Under mpirun/srun the converted layers are sharded over the ranks (ConvertJob.runRanked): rank 0 reports
+/// and writes the student, the others align their share silently and fail loudly.
 module TaylorCalibrate.Cli.ConvertCommand
 
 open System
@@ -103,7 +105,7 @@ let prepare teacherPath keep policy fraction calibText evalText allowOverlap exp
     prepareWith None teacherPath keep policy fraction calibText evalText allowOverlap expand calibTokens devTokens
 
 /// Runs the conversion with a progress bar per stage and per converted layer.
-let private runWithProgress (workers: DeviceWorkers) (p: Prepared) (output: ConvertJob.Output) (ct: CancellationToken) =
+let private runWithProgress (ranks: Mpi.ICollectives) (workers: DeviceWorkers) (p: Prepared) (output: ConvertJob.Output) (ct: CancellationToken) =
     AnsiConsole.Progress()
         .AutoClear(false)
         .Columns(TaskDescriptionColumn(), ProgressBarColumn(), PercentageColumn(), ElapsedTimeColumn())
@@ -131,9 +133,9 @@ let private runWithProgress (workers: DeviceWorkers) (p: Prepared) (output: Conv
                     t.Value <- float s
                     t.Description <- $"layer {i} loss {loss:G4}"
                 | ConvertJob.LayersDone -> for KeyValue(_, t) in layerTasks do t.Value <- t.MaxValue
-            ConvertJob.runOn workers.Workers p output onEvent ct)
+            (ConvertJob.runRanked ranks workers.Workers p output onEvent ct).Value)
 
-let run (args: ParseResults<Args>) =
+let private runOn (world: Mpi.MpiWorld option) (args: ParseResults<Args>) =
     let strategy =
         let s = args.GetResult(Init, "taylor-calibrate")
         Convert.InitStrategy.parse s |> Option.defaultWith (fun () -> usageError $"--init {s}: expected naive, zero-gate, taylor-init, alignment-only, taylor-calibrate or calibrate-plus")
@@ -149,28 +151,34 @@ let run (args: ParseResults<Args>) =
           Expand = gqaExpand (args.TryGetResult Gqa_Expand)
           Steps = args.TryGetResult Steps
           Seed = args.GetResult(Seed, 0) }
-    // Parallel/ShardedConvert.fs shards the layers over MPI ranks, but this command does not drive it yet:
-    // refused rather than N ranks converting into one --out.
-    if TaylorCalibrate.Backend.Mpi.MpiWorld.LaunchedByMpi then
-        usageError "convert does not run under mpirun/srun yet; spread the layers over one machine's devices with --device vulkan:0,vulkan:1"
+    let ranks = match world with Some w -> w :> Mpi.ICollectives | None -> Mpi.SingleRank.Instance
     let p = ConvertJob.prepare request |> orFail
-    // The device is a checked input too: opened before the output directory is touched.
-    use workers = openWorkers (args.TryGetResult Device)
+    // The device is a checked input too: opened before the output directory is touched. Under MPI each rank
+    // takes its own entry of a --device list (openRankDevice).
+    use workers =
+        match world with
+        | None -> openWorkers (args.TryGetResult Device)
+        | Some _ -> let be = openRankDevice world (args.TryGetResult Device) in new DeviceWorkers([ DeviceWorker(be.Name, be) ])
     let resume = args.Contains Resume
-    use output = ConvertJob.takeOutput p (args.GetResult Out) resume |> orFail
+    use output = ConvertJob.takeOutputRanked ranks p (args.GetResult Out) resume |> orFail
     let out = output.Directory
+    use cts = new CancellationTokenSource()
+    let onCancel = ConsoleCancelEventHandler(fun _ e -> e.Cancel <- true; cts.Cancel())
+    Console.CancelKeyPress.AddHandler onCancel
+    use _cancelHandler = { new IDisposable with member _.Dispose() = Console.CancelKeyPress.RemoveHandler onCancel }
+    if ranks.Rank <> 0 then
+        ConvertJob.runRanked ranks workers.Workers p output ignore cts.Token |> ignore
+        0
+    else
     warn p
     if resume then
         for w in output.Warnings do eprintfn "warning: %s" w
         let layers = output.Restored |> Map.toList |> List.map fst
         printfn "resuming %s: layers %s restored from %s" out (if layers.IsEmpty then "none" else String.Join(", ", layers)) (Path.Combine(out, "align"))
-    use cts = new CancellationTokenSource()
-    let onCancel = ConsoleCancelEventHandler(fun _ e -> e.Cancel <- true; cts.Cancel())
-    Console.CancelKeyPress.AddHandler onCancel
-    use _cancelHandler = { new IDisposable with member _.Dispose() = Console.CancelKeyPress.RemoveHandler onCancel }
-    AnsiConsole.MarkupLine("[bold]convert[/] " + Markup.Escape $"{p.TeacherPath} -> {out}: init {Convert.InitStrategy.name strategy}, kept {p.Kept}, converted {p.Converted}, GQA {GqaExpand.name p.Expand}, device {workers.Name}")
+    let ranksText = if ranks.Size > 1 then $", {ranks.Size} MPI ranks" else ""
+    AnsiConsole.MarkupLine("[bold]convert[/] " + Markup.Escape $"{p.TeacherPath} -> {out}: init {Convert.InitStrategy.name strategy}, kept {p.Kept}, converted {p.Converted}, GQA {GqaExpand.name p.Expand}, device {workers.Name}{ranksText}")
     try
-        let outcome = runWithProgress workers p output cts.Token
+        let outcome = runWithProgress ranks workers p output cts.Token
         if outcome.Report.Calibration.IsNone then
             printfn "%s: the student comes from the teacher's weights alone (no calibration text, so no layer fit was measured)" (Convert.InitStrategy.name strategy)
         for e in outcome.Report.Layers do
@@ -188,3 +196,7 @@ let run (args: ParseResults<Args>) =
         eprintfn "error: %s" message
         if output.Kept then eprintfn "the aligned layers are kept; continue with: %s" (commandLineWith "--resume")
         1
+
+let run (args: ParseResults<Args>) =
+    let world = startMpi ()
+    onEveryRank world (fun () -> runOn world args)

@@ -1,6 +1,8 @@
 /// `taylor-calibrate train-teacher`: trains a Llama, Qwen2 or Qwen3 decoder from scratch
 /// (Pipeline/Stages/TrainTeacher.fs) and writes a Hugging Face directory every model command reads. This
 /// file parses options, reads the texts, builds or loads the tokenizer, shows progress and prints the result.
+/// Under mpirun/srun the ranks train data-parallel (TrainTeacher.runRanked): rank 0 reports and writes, the
+/// others train silently and fail loudly.
 module TaylorCalibrate.Cli.TrainTeacherCommand
 
 open System
@@ -9,6 +11,8 @@ open System.Text.Json
 open System.Threading
 open Argu
 open Spectre.Console
+open TaylorCalibrate.Backend
+open TaylorCalibrate.Backend.Mpi
 open TaylorCalibrate.Pipeline
 open TaylorCalibrate.Pipeline.Data
 open TaylorCalibrate.Pipeline.Eval
@@ -110,7 +114,7 @@ let private tokenizerOf (args: ParseResults<Args>) (out: string) (trainDocs: Doc
         let bpe = BpeTrainer.train n None (trainDocs |> Seq.map (fun d -> d.Text))
         fromJson "tokenizer.json (trained)" (BpeTrainer.toJson bpe)
 
-let private trainWithProgress be input opts resume (ct: CancellationToken) =
+let private trainWithProgress ranks be input opts resume (ct: CancellationToken) =
     AnsiConsole.Progress()
         .AutoClear(true)
         .Columns(TaskDescriptionColumn(), ProgressBarColumn(), PercentageColumn(), RemainingTimeColumn())
@@ -121,12 +125,16 @@ let private trainWithProgress be input opts resume (ct: CancellationToken) =
                     member _.Report p =
                         task.Value <- float p.Step
                         task.Description <- $"step {p.Step}/{p.Steps}  loss {p.Loss:F3}  {p.TokensPerSecond:F0} tok/s" }
-            TrainTeacher.run be input opts resume (Some progress) ct)
+            TrainTeacher.runRanked ranks be input opts resume (Some progress) ct)
 
-let run (args: ParseResults<Args>) =
+let private runOn (world: MpiWorld option) (args: ParseResults<Args>) =
+    let ranks = match world with Some w -> w :> ICollectives | None -> SingleRank.Instance
+    // Rank 0 reports; the others' errors still reach stderr.
+    if ranks.Rank <> 0 then Console.SetOut TextWriter.Null
     let out = args.GetResult Out |> nonEmptyPath "--out"
     let resume = args.Contains Resume
-    TrainTeacher.checkOut out resume |> orFail
+    // Early, before the tokenizing; rank 0 alone, as only it writes --out (runRanked checks again for all).
+    if ranks.Rank = 0 then TrainTeacher.checkOut out resume |> orFail
     let family = familyOf (args.GetResult Family)
     let heads = args.GetResult Heads
     let hidden = args.GetResult Hidden
@@ -187,21 +195,24 @@ let run (args: ParseResults<Args>) =
         (ModelFamily.modelType family) config.Layers config.Dim config.Heads config.KvHeads config.HeadDim config.Hidden config.Vocab
         (if config.TiedEmbeddings then "tied" else "separate")
     printfn "data        %d rows of %d tokens per epoch; %d steps of %d x %d tokens" stream.Rows seqLen steps batch seqLen
-    use be = openDevice (args.TryGetResult Device)
+    use be = openRankDevice world (args.TryGetResult Device)
     let input : TrainTeacher.TrainInput = { Config = config; TokenizerJson = tokJson; Train = stream; Eval = evalSet; Out = out }
     use cts = new CancellationTokenSource()
     let onCancel = ConsoleCancelEventHandler(fun _ e -> e.Cancel <- true; cts.Cancel())
     Console.CancelKeyPress.AddHandler onCancel
     let result =
         try
-            try trainWithProgress be input opts resume cts.Token |> orFail
+            try
+                if ranks.Rank = 0 then trainWithProgress ranks be input opts resume cts.Token |> orFail
+                else TrainTeacher.runRanked ranks be input opts resume None cts.Token |> orFail
             with :? OperationCanceledException ->
                 eprintfn "interrupted; the last checkpoint in %s stays good. Continue with the same command and --resume." out
                 exit 130
         finally Console.CancelKeyPress.RemoveHandler onCancel
     for w in result.Warnings do eprintfn "warning: %s" w
     result.ResumedFrom |> Option.iter (printfn "resumed     from step %d")
-    printfn "trained     %d steps, %d tokens, %.1f s (%.0f tokens/s on %s)" result.Steps result.Tokens result.Seconds result.TokensPerSecond be.Name
+    printfn "trained     %d steps, %d tokens, %.1f s (%.0f tokens/s on %s%s)" result.Steps result.Tokens result.Seconds result.TokensPerSecond be.Name
+        (if ranks.Size > 1 then $", {ranks.Size} MPI ranks" else "")
     printfn "final loss  %.4f nats/token" result.FinalLoss
     result.FinalPerplexity |> Option.iter (printfn "held-out    PPL %.3f")
     let summary =
@@ -211,6 +222,11 @@ let run (args: ParseResults<Args>) =
            tokens_per_s = result.TokensPerSecond; final_loss = result.FinalLoss
            held_out_perplexity = Option.toNullable result.FinalPerplexity; device = be.Name
            train_text = trainPaths; eval_text = evalDocs |> Option.map fst |> Option.toObj |}
-    AtomicFile.writeText (Path.Combine(out, "train-teacher.json")) (JsonSerializer.Serialize(summary, JsonSerializerOptions(WriteIndented = true)))
+    if ranks.Rank = 0 then
+        AtomicFile.writeText (Path.Combine(out, "train-teacher.json")) (JsonSerializer.Serialize(summary, JsonSerializerOptions(WriteIndented = true)))
     printfn "wrote       %s (config.json, model.safetensors, tokenizer.json, learning-curve.json/.svg, train-teacher.json)" out
     0
+
+let run (args: ParseResults<Args>) =
+    let world = startMpi ()
+    onEveryRank world (fun () -> runOn world args)

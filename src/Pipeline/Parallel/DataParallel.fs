@@ -52,6 +52,17 @@ let private decode (bytes: byte[]) =
     if text = "" then Map.empty
     else text.Split '\u0001' |> Array.map (fun kv -> let p = kv.Split '\u0000' in p[0], p[1]) |> Map.ofArray
 
+/// Rank `root`'s text on every rank (its length, then its UTF-8 bytes): how rank 0 tells the others what it
+/// decided (an output directory taken or refused, the layers a resume restores).
+let broadcastText (ranks: ICollectives) (root: int) (text: string) : string =
+    if ranks.Size = 1 then text else
+    let mine = Encoding.UTF8.GetBytes text
+    let length = BitConverter.GetBytes(if ranks.Rank = root then mine.Length else 0)
+    ranks.Broadcast(Span length, root)
+    let bytes = if ranks.Rank = root then mine else Array.zeroCreate (BitConverter.ToInt32(length, 0))
+    ranks.Broadcast(Span bytes, root)
+    Encoding.UTF8.GetString bytes
+
 /// Checks at start that every rank runs with the settings of rank 0 (one collective round, every rank gets
 /// the same answer). Error: which ranks differ and on which setting, with both values.
 let agree (ranks: ICollectives) (settings: Map<string, string>) : Result<unit, string> =

@@ -5,6 +5,9 @@
 /// report.json and report.html. Every aligned layer is persisted under DIR/align, so a resume continues after
 /// the last finished one. A run that fails leaves nothing it created, unless it holds what a resume continues
 /// from (aligned layers, or the settings of an interrupted aligning run); it never removes what it did not create.
+/// Under MPI (`takeOutputRanked`, `runRanked`) the converted layers are sharded over the ranks
+/// (Parallel/ShardedConvert.fs, docs/architecture.md "Scale-out"): rank 0 alone takes, writes and cleans the
+/// output directory; the others only persist their aligned layers under DIR/align.
 module TaylorCalibrate.Pipeline.Stages.ConvertJob
 
 open System
@@ -12,6 +15,7 @@ open System.Diagnostics
 open System.IO
 open System.Threading
 open TaylorCalibrate.Backend
+open TaylorCalibrate.Backend.Mpi
 open TaylorCalibrate.Pipeline
 open TaylorCalibrate.Pipeline.Io
 open TaylorCalibrate.Pipeline.Model
@@ -283,6 +287,47 @@ let takeOutput (p: Prepared) (out: string) (resume: bool) : Result<Output, Input
             (new Output(out, lock, createdDir, before, Map.empty, []) :> IDisposable).Dispose()
             Error e
 
+/// Takes `out` for a conversion run by every rank of an MPI job. The ranks first check that they run the same
+/// conversion (the resume settings, --out and --resume; an error names the first setting that differs).
+/// Rank 0 then takes the output as `takeOutput` does and tells the others the outcome: they get the same
+/// error, or an Output that never locks, creates or removes anything, holding the layers rank 0 restored
+/// (read back from DIR/align, which every rank must see). Every rank gets the same answer, so none waits
+/// for one that stopped. One rank: `takeOutput`.
+let takeOutputRanked (ranks: ICollectives) (p: Prepared) (out: string) (resume: bool) : Result<Output, InputError> =
+    if ranks.Size = 1 then takeOutput p out resume else
+    let own = settings p @ [ "out", out; "resume", string resume ] |> Map.ofList
+    match Parallel.DataParallel.agree ranks own with
+    | Error why -> Error(InvalidOption("mpirun", why))
+    | Ok() ->
+    let taken = if ranks.Rank = 0 then Some(takeOutput p out resume) else None
+    // "ok" and the restored layers (comma-separated), or "error" and rank 0's message.
+    let told =
+        match taken with
+        | Some(Ok o) -> "ok\n" + (o.Restored |> Map.toList |> List.map (fst >> string) |> String.concat ",")
+        | Some(Error e) -> "error\n" + InputError.describe e
+        | None -> ""
+        |> Parallel.DataParallel.broadcastText ranks 0
+    match taken with
+    | Some result -> result
+    | None ->
+    match told.Split('\n', 2) with
+    | [| "ok"; layers |] ->
+        let restored = layers.Split(',', StringSplitOptions.RemoveEmptyEntries) |> Array.map int |> List.ofArray
+        let loaded = restored |> List.map (fun i -> i, AlignCheckpoint.tryLoad out i)
+        match loaded |> List.tryFind (snd >> Option.isNone) with
+        | Some(i, _) ->
+            let align = Path.Combine(out, "align")
+            Error(InvalidOption("--out", $"rank {ranks.Rank} cannot read layer {i}, which rank 0 restored, under {align}; every rank must see --out (a shared filesystem)"))
+        | None ->
+            let noLock = { new IDisposable with member _.Dispose() = () }
+            let o = new Output(out, noLock, false, Set.empty, loaded |> List.map (fun (i, l) -> i, l.Value) |> Map.ofList, [])
+            // Nothing here is this rank's to remove: rank 0 owns the directory.
+            o.Keep()
+            Ok o
+    | _ ->
+        let why = told.Substring(told.IndexOf '\n' + 1)
+        Error(InvalidOption("--out", $"rank 0 could not take {out}: {why}"))
+
 /// What a running conversion reports.
 type Event =
     /// The teacher trace over the calibration batch begins (not for naive and zero-gate without calibration).
@@ -306,12 +351,15 @@ type Outcome =
 /// The Taylor diagnostic is O(T²) per chunk on the host: it runs on the paper's batch size at most.
 let private diagnosticChunks = 4
 
-/// Runs the prepared conversion into the taken output (see the module comment) with the converted layers
-/// spread over `workers` (Parallel/LayerScheduler.fs; the trace runs on the first); `progress` hears each
-/// event, possibly from several threads. Cancellation raises OperationCanceledException after the aligned
-/// layers so far are persisted.
-let runOn (workers: DeviceWorker list) (p: Prepared) (o: Output) (progress: Event -> unit) (ct: CancellationToken) : Outcome =
+/// Runs the prepared conversion as one rank of `ranks` into an output from `takeOutputRanked`, with this
+/// rank's converted layers spread over `workers` (Parallel/LayerScheduler.fs; the trace runs on the first).
+/// Every rank traces the teacher and aligns its share of the layers (Parallel/ShardedConvert.fs); rank 0
+/// runs the Taylor diagnostic, assembles, saves and reports, and returns the outcome (the other ranks None).
+/// `progress` hears each event, possibly from several threads. Cancellation raises
+/// OperationCanceledException after the aligned layers so far are persisted.
+let runRanked (ranks: ICollectives) (workers: DeviceWorker list) (p: Prepared) (o: Output) (progress: Event -> unit) (ct: CancellationToken) : Outcome option =
     let be = workers.Head.Backend
+    let writer = ranks.Rank = 0
     let out = o.Directory
     let timings = Collections.Generic.List<string * float>()
     let timed name f =
@@ -323,17 +371,20 @@ let runOn (workers: DeviceWorker list) (p: Prepared) (o: Output) (progress: Even
     let aligns = Convert.InitStrategy.aligns p.Strategy
     let alignedNow = ref 0
     try
-        if aligns then AlignCheckpoint.writeRun out (settingsText p)
+        if aligns && writer then AlignCheckpoint.writeRun out (settingsText p)
+        // The settings of the run are on disk before any rank persists a layer that a resume would check against them.
+        if aligns then ranks.Barrier()
         let opts =
             { Convert.ConvertOptions.defaults p.Strategy with
                 Expand = p.Expand; Seed = p.Seed; Align = { Align.AlignOptions.defaults with Steps = p.Steps }
                 Plus = { CalibratePlus.PlusOptions.defaults with Steps = p.Steps } }
-        let student, layers =
+        let converted =
             match p.Calibration with
+            | None when not writer -> None
             | None ->
                 let s = timed "convert" (fun () -> Convert.runUntraced p.Teacher p.Kept opts)
                 progress LayersDone
-                s, []
+                Some(s, [])
             | Some calibration ->
                 use dt = new DeviceDecoder(be, p.Teacher)
                 progress Tracing
@@ -343,7 +394,9 @@ let runOn (workers: DeviceWorker list) (p: Prepared) (o: Output) (progress: Even
                         calibration.Dev |> Option.map (fun d -> TeacherTrace.runStreamed dt d p.Converted TeacherTrace.windowChunks))
                 progress Traced
                 let c = p.Teacher.Config
+                // Only rank 0 reports it.
                 let taylor =
+                    if not writer then Map.empty else
                     timed "taylor_diagnostic" (fun () ->
                         p.Converted |> List.map (fun i ->
                             let r = TaylorDiagnostic.run c p.Teacher.Weights.Layers[i] trace.Layers[i] (min trace.B diagnosticChunks) trace.T
@@ -354,24 +407,35 @@ let runOn (workers: DeviceWorker list) (p: Prepared) (o: Output) (progress: Even
                       LayerAligned = (fun i w r -> AlignCheckpoint.save out i w r; alignedNow.Value <- alignedNow.Value + 1)
                       Step = (fun i s loss -> progress (Aligning(i, s, loss)))
                       LayerStarted = (fun i -> progress (LayerStarted i)) }
-                let student, reports, _ = timed "convert" (fun () -> Convert.runOnWorkers workers p.Teacher trace dev p.Kept opts hooks ct)
-                progress LayersDone
-                student, reports |> List.map (fun r -> ({ Convert = r; Taylor = taylor.TryFind r.Layer } : ConvertReport.LayerEntry))
+                let assembled = timed "convert" (fun () -> Parallel.ShardedConvert.run ranks out workers p.Teacher trace dev p.Kept opts hooks ct)
+                assembled |> Option.map (fun (student, reports, _) ->
+                    progress LayersDone
+                    student, reports |> List.map (fun r -> ({ Convert = r; Taylor = taylor.TryFind r.Layer } : ConvertReport.LayerEntry)))
+        match converted with
+        | None -> None
+        | Some(student, layers) ->
         timed "save" (fun () -> StudentIo.save out student (Some p.TokenizerPath))
         timings.Add("total", total.Elapsed.TotalSeconds)
         let report : ConvertReport.Report =
             { Teacher = p.TeacherPath; Init = Convert.InitStrategy.name p.Strategy; Kept = p.Kept; GqaExpand = GqaExpand.name p.Expand
               Seed = p.Seed; Steps = p.Steps; Calibration = p.Calibration |> Option.map (fun s -> s.Fit)
               Layers = layers; Timings = List.ofSeq timings
-              Device = (match workers with [ w ] -> w.Backend.Name | ws -> ws |> List.map (fun w -> w.Id) |> String.concat ",") }
+              Device =
+                (match workers with [ w ] -> w.Backend.Name | ws -> ws |> List.map (fun w -> w.Id) |> String.concat ",")
+                + (if ranks.Size > 1 then $" on rank 0 of {ranks.Size} MPI ranks" else "") }
         AtomicFile.writeText (Path.Combine(out, "report.json")) (ConvertReport.toJson report)
         AtomicFile.writeText (Path.Combine(out, "report.html")) (ReportHtml.convertPage report)
         o.Keep()
-        { Student = student; Report = report; Directory = out }
+        Some { Student = student; Report = report; Directory = out }
     with e ->
-        // What a --resume continues from is kept: layers aligned by this run, or an interrupted aligning run's settings.
-        if aligns && (alignedNow.Value > 0 || e :? OperationCanceledException) then o.Keep()
+        // What a --resume continues from is kept: layers aligned by this run, or an interrupted aligning run's
+        // settings; with several ranks, layers the others may have persisted.
+        if aligns && (alignedNow.Value > 0 || e :? OperationCanceledException || ranks.Size > 1) then o.Keep()
         reraise ()
+
+/// Runs the prepared conversion as the only process (see runRanked).
+let runOn (workers: DeviceWorker list) (p: Prepared) (o: Output) (progress: Event -> unit) (ct: CancellationToken) : Outcome =
+    (runRanked SingleRank.Instance workers p o progress ct).Value
 
 /// Runs the prepared conversion on one backend (see runOn).
 let run (be: IBackend) (p: Prepared) (o: Output) (progress: Event -> unit) (ct: CancellationToken) : Outcome =

@@ -7,7 +7,9 @@
 /// the learning curve, so an interrupted run resumed with the same settings equals an uninterrupted one bit
 /// for bit on the same device. The result is a Hugging Face directory of the family (config.json,
 /// model.safetensors, tokenizer.json) plus the learning curve as JSON and SVG. docs/training.md describes the
-/// engine underneath.
+/// engine underneath. Under MPI (`runRanked`, docs/architecture.md "Scale-out") every rank reads the same global
+/// batch and trains on its rows; the gradients are summed in rank order (Parallel/DataParallel.fs), so every
+/// rank takes the same step; rank 0 alone evaluates and writes, and every rank resumes from its checkpoints.
 module TaylorCalibrate.Pipeline.Stages.TrainTeacher
 
 open System
@@ -19,6 +21,7 @@ open System.Text
 open System.Text.Json
 open System.Threading
 open TaylorCalibrate.Backend
+open TaylorCalibrate.Backend.Mpi
 open TaylorCalibrate.Pipeline
 open TaylorCalibrate.Pipeline.Data
 open TaylorCalibrate.Pipeline.Eval
@@ -206,7 +209,8 @@ let private curveOfJson (json: string) : CurvePoint list =
           EvalPerplexity = if ppl.ValueKind = JsonValueKind.Null then None else Some(ppl.GetDouble()) } ]
 
 /// Writes learning-curve.json (every step) and learning-curve.svg (training loss, and held-out perplexity
-/// where evaluated) with the chart's data beside it.
+/// where evaluated). The curve's own JSON is the chart's data, so the picture is written alone (not with
+/// SvgChart.save, whose data file of the same name would replace the curve).
 let writeCurve (out: string) (curve: CurvePoint list) =
     AtomicFile.writeText (Path.Combine(out, "learning-curve.json")) (curveToJson curve)
     let xs = curve |> List.map (fun p -> float p.Tokens) |> Array.ofList
@@ -215,17 +219,44 @@ let writeCurve (out: string) (curve: CurvePoint list) =
     let series =
         [ yield "training loss (nats/token)", xs, loss
           if not evals.IsEmpty then yield "held-out ln PPL", Array.map fst (Array.ofList evals), Array.map snd (Array.ofList evals) ]
-    SvgChart.save (Path.Combine(out, "learning-curve.svg")) (SvgChart.lines "train-teacher learning curve" "training tokens" "nats per token" false series)
+    let chart = SvgChart.lines "train-teacher learning curve" "training tokens" "nats per token" false series
+    AtomicFile.writeText (Path.Combine(out, "learning-curve.svg")) (SvgChart.render true chart)
 
 // ---- the run -----------------------------------------------------------------------------------------
-/// Trains a fresh model (or continues the one checkpointed under --out with `resume`) and writes it.
-/// Errors are input errors (options, --out, a checkpoint of another run); cancellation throws
-/// OperationCanceledException after the last completed step, whose checkpoint (if any) stays good.
-let run (be: IBackend) (input: TrainInput) (o: TrainOptions) (resume: bool)
-        (progress: IProgress<Progress> option) (ct: CancellationToken) : Result<TrainResult, InputError> =
-    match validate input.Config o |> Result.bind (fun () -> checkOut input.Out resume) with
+/// Checks, as one rank of `ranks`, that the run can start: the options, an even split of the batch, the
+/// same run on every rank (an error names the first setting that differs), and --out (checked by rank 0
+/// alone, which tells the others; so every rank gets the same answer and none waits for one that stopped).
+let private checkRanked (ranks: ICollectives) (input: TrainInput) (o: TrainOptions) (resume: bool) : Result<unit, InputError> =
+    validate input.Config o
+    |> Result.bind (fun () ->
+        if o.Batch % ranks.Size <> 0 then Error(InvalidOption("--batch", $"{o.Batch} rows do not split evenly over {ranks.Size} MPI ranks"))
+        else Ok())
+    |> Result.bind (fun () ->
+        let id = identityOf input o
+        let own = id.Settings |> Map.add "model" id.ModelFingerprint |> Map.add "out" input.Out |> Map.add "resume" (string resume)
+        Parallel.DataParallel.agree ranks own |> Result.mapError (fun why -> InvalidOption("mpirun", why)))
+    |> Result.bind (fun () ->
+        if ranks.Size = 1 then checkOut input.Out resume else
+        let mine = if ranks.Rank = 0 then Some(checkOut input.Out resume) else None
+        let told =
+            match mine with
+            | Some(Error e) -> InputError.describe e
+            | _ -> ""
+            |> Parallel.DataParallel.broadcastText ranks 0
+        match mine with
+        | Some result -> result
+        | None -> if told = "" then Ok() else Error(InvalidOption("--out", $"rank 0: {told}")))
+
+/// Trains as one rank of `ranks` (see the module comment): a fresh model, or the one checkpointed under --out
+/// with `resume`; rank 0 writes it. Errors are input errors (options, --out, a checkpoint of another run,
+/// ranks that disagree); cancellation throws OperationCanceledException after the last completed step,
+/// whose checkpoint (if any) stays good. Held-out perplexities are measured on rank 0 only.
+let runRanked (ranks: ICollectives) (be: IBackend) (input: TrainInput) (o: TrainOptions) (resume: bool)
+              (progress: IProgress<Progress> option) (ct: CancellationToken) : Result<TrainResult, InputError> =
+    match checkRanked ranks input o resume with
     | Error e -> Error e
     | Ok() ->
+    let writer = ranks.Rank = 0
     let c = input.Config
     let steps = int (stepsOf o)
     let B, T = o.Batch, o.SeqLen
@@ -254,16 +285,21 @@ let run (be: IBackend) (input: TrainInput) (o: TrainOptions) (resume: bool)
     // Newest first while training.
     let mutable curve = startCurve
     let startStep = optimizer.StepsTaken
-    if not resume then
+    if writer && not resume then
         Directory.CreateDirectory input.Out |> ignore
         AtomicFile.writeText (Path.Combine(input.Out, "tokenizer.json")) input.TokenizerJson
     let grads = Grads m.Parameters
-    use targetsT = be.Allocate([| B * T |], DType.I32)
-    use lossT = be.Allocate [| B * T |]
+    // This rank's rows [first, first + R) of each global batch of B rows.
+    let first, R = Parallel.DataParallel.shardRows ranks B
+    use targetsT = be.Allocate([| R * T |], DType.I32)
+    use lossT = be.Allocate [| R * T |]
     use total = be.Allocate [| 1 |]
+    // The global batch's 1/(B·T) on every rank: the sum over ranks is the full-batch mean gradient.
     let scale = 1f / float32 (B * T)
+    let combine = Parallel.DataParallel.combineStep ranks optimizer (float R / float B)
     let evaluate () =
-        input.Eval |> Option.map (fun set -> (Perplexity.evaluate m None set None ct).Perplexity)
+        if not writer then None
+        else input.Eval |> Option.map (fun set -> (Perplexity.evaluate m None set None ct).Perplexity)
     let saveCheckpoint () =
         let state : Checkpoint.TrainingState =
             { Step = optimizer.StepsTaken; DataPosition = Position.toInt64s position; Rngs = Map.empty
@@ -272,17 +308,17 @@ let run (be: IBackend) (input: TrainInput) (o: TrainOptions) (resume: bool)
     let watch = Stopwatch.StartNew()
     for step in startStep + 1 .. steps do
         ct.ThrowIfCancellationRequested()
-        let rows, next = TokenStream.batch input.Train position B       // (B, T+1)
-        let ids = Array.init (B * T) (fun i -> rows[(i / T) * (T + 1) + i % T])
-        let targets = Array.init (B * T) (fun i -> rows[(i / T) * (T + 1) + i % T + 1])
+        let rows, next = TokenStream.batch input.Train position B       // (B, T+1), the same on every rank
+        let ids = Array.init (R * T) (fun i -> rows[(first + i / T) * (T + 1) + i % T])          // (R, T)
+        let targets = Array.init (R * T) (fun i -> rows[(first + i / T) * (T + 1) + i % T + 1])
         be.Upload(targetsT, ReadOnlySpan targets)
         let report =
-            Trainer.step optimizer 1 (fun _ ->
-                use pass = Decoder.trainForward m ids B T { Recompute = o.Recompute }
+            Trainer.stepWeightedThen combine optimizer (Trainer.equalWeights 1) (fun _ ->
+                use pass = Decoder.trainForward m ids R T { Recompute = o.Recompute }
                 be.CrossEntropy(pass.Logits, targetsT, lossT, pass.Logits, scale)
                 Decoder.backward m pass pass.Logits grads
                 be.Reduce(ReduceOp.Sum, lossT, total)
-                float (total.ToArray()[0]) / float (B * T))
+                float (total.ToArray()[0]) / float (R * T))
         if not (Double.IsFinite report.Loss) then
             invalidOp $"training loss became {report.Loss} at step {step} (learning rate {o.LearningRate}); lower --lr"
         position <- next
@@ -291,17 +327,23 @@ let run (be: IBackend) (input: TrainInput) (o: TrainOptions) (resume: bool)
         let ppl = if evalHere then evaluate () else None
         curve <- { Step = step; Tokens = int64 step * int64 (B * T); Loss = report.Loss
                    LearningRate = float o.LearningRate * report.LrFactor; EvalPerplexity = ppl } :: curve
-        if isLast || (o.CheckpointEvery |> Option.exists (fun n -> step % n = 0)) then saveCheckpoint ()
+        if writer && (isLast || (o.CheckpointEvery |> Option.exists (fun n -> step % n = 0))) then saveCheckpoint ()
         progress |> Option.iter (fun p ->
             p.Report { Step = step; Steps = steps; Tokens = int64 step * int64 (B * T); Loss = report.Loss
                        TokensPerSecond = float ((step - startStep) * B * T) / max watch.Elapsed.TotalSeconds 1e-9 })
     let seconds = watch.Elapsed.TotalSeconds
-    let weights, _ = m.Download()
-    HfWriter.write input.Out { teacher with Weights = weights } HfWriter.F32 None
     let curve = List.rev curve
-    writeCurve input.Out curve
+    if writer then
+        let weights, _ = m.Download()
+        HfWriter.write input.Out { teacher with Weights = weights } HfWriter.F32 None
+        writeCurve input.Out curve
     let last = List.last curve
     Ok { Steps = steps; Tokens = int64 steps * int64 (B * T); Curve = curve; FinalLoss = last.Loss
          FinalPerplexity = curve |> List.tryPick (fun p -> if p.Step = steps then p.EvalPerplexity else None)
          Seconds = seconds; TokensPerSecond = float ((steps - startStep) * B * T) / max seconds 1e-9
          ResumedFrom = (if resume then Some startStep else None); Warnings = warnings }
+
+/// Trains as the only process (see runRanked).
+let run (be: IBackend) (input: TrainInput) (o: TrainOptions) (resume: bool)
+        (progress: IProgress<Progress> option) (ct: CancellationToken) : Result<TrainResult, InputError> =
+    runRanked SingleRank.Instance be input o resume progress ct
