@@ -352,7 +352,7 @@ type Outcome =
 let private diagnosticChunks = 4
 
 /// Runs the prepared conversion as one rank of `ranks` into an output from `takeOutputRanked`, with this
-/// rank's converted layers spread over `workers` (Parallel/LayerScheduler.fs; the trace runs on the first).
+/// rank's converted layers and the trace's windows spread over `workers` (Parallel/LayerScheduler.fs).
 /// Every rank traces the teacher and aligns its share of the layers (Parallel/ShardedConvert.fs); rank 0
 /// runs the Taylor diagnostic, assembles, saves and reports, and returns the outcome (the other ranks None).
 /// `progress` hears each event, possibly from several threads. Cancellation raises
@@ -386,12 +386,14 @@ let runRanked (ranks: ICollectives) (workers: DeviceWorker list) (p: Prepared) (
                 progress LayersDone
                 Some(s, [])
             | Some calibration ->
-                use dt = new DeviceDecoder(be, p.Teacher)
                 progress Tracing
+                // The trace's windows are spread over the workers (bit-identical on devices of one kind); the
+                // teacher copies are freed before the alignment needs the memory.
                 let trace, dev =
+                    use copies = new TeacherTrace.TeacherCopies(p.Teacher)
                     timed "teacher_trace" (fun () ->
-                        TeacherTrace.runStreamed dt calibration.Fit p.Converted TeacherTrace.windowChunks,
-                        calibration.Dev |> Option.map (fun d -> TeacherTrace.runStreamed dt d p.Converted TeacherTrace.windowChunks))
+                        TeacherTrace.runStreamedOn workers copies calibration.Fit p.Converted TeacherTrace.windowChunks ct,
+                        calibration.Dev |> Option.map (fun d -> TeacherTrace.runStreamedOn workers copies d p.Converted TeacherTrace.windowChunks ct))
                 progress Traced
                 let c = p.Teacher.Config
                 // Only rank 0 reports it.
