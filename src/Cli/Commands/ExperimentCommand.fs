@@ -57,8 +57,8 @@ type AblationArgs =
             | Seeds _ -> "number of fresh-gate seeds (0..N-1) to average (default 1)"
             | Steps _ -> "alignment steps per layer (default: each strategy's, 300 for the published ones)"
             | Strategies _ -> "comma-separated strategies to run (default all: the published five and calibrate-plus)"
-            | Calib_Tokens _ -> "comma-separated calibration budgets (multiples of 256) to sweep; default each strategy's own"
-            | Calib_Dev_Tokens _ -> "held-out calibration tokens for calibrate-plus's selection (default 4096)"
+            | Calib_Tokens _ -> "comma-separated calibration budgets (multiples of 256, every token read: calibrate-plus's held-out part included) to sweep; default each strategy's own"
+            | Calib_Dev_Tokens _ -> "of each budget, the tokens calibrate-plus holds out for selection (default a quarter, at most 4096)"
             | Gqa_Expand _ -> "heads (default) | rows"
             | Window _ -> "evaluation window (default min(2048, context))"
             | Max_Tokens _ -> "evaluate only the first N tokens"
@@ -144,24 +144,11 @@ type Args =
             | Token_Budget _ -> "tokens a naive and a taylor-calibrate student need to reach matched held-out PPL (Stage 1 + Stage 2)"
             | Study _ -> "the ablation and the token budget for every (teacher, policy) pair, with one summary table"
 
-/// Mean and sample standard deviation (0 for one value).
-let private meanSd (xs: float list) =
-    let m = List.average xs
-    let sd = if xs.Length < 2 then 0.0 else sqrt ((xs |> List.sumBy (fun x -> (x - m) ** 2.0)) / float (xs.Length - 1))
-    m, sd
-
 /// Parses a comma-separated list with `parse`, naming the option in the error.
 let private parseList (option: string) (parse: string -> 'a option) (text: string) =
     text.Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries)
     |> Array.map (fun x -> parse x |> Option.defaultWith (fun () -> usageError $"{option} {text}: cannot read '{x}'"))
     |> List.ofArray
-
-/// One strategy at one calibration budget, over seeds.
-type private Row =
-    { Strategy: Convert.InitStrategy
-      CalibTokens: int
-      Ppl: float list
-      Seconds: float list }
 
 let private ablation (args: ParseResults<AblationArgs>) =
     let seeds = args.GetResult(AblationArgs.Seeds, 1)
@@ -174,112 +161,50 @@ let private ablation (args: ParseResults<AblationArgs>) =
         | None -> Convert.InitStrategy.all
     let budgets = args.TryGetResult AblationArgs.Calib_Tokens |> Option.map (parseList "--calib-tokens" (fun x -> match Int32.TryParse x with | true, v -> Some v | _ -> None))
     budgets |> Option.iter (List.iter ConvertCommand.checkCalibTokens)
-    // Only calibrate-plus uses held-out calibration text; without it the published batch needs no more text than before.
-    let devTokens =
-        if List.contains Convert.InitStrategy.CalibratePlus strategies then
-            args.GetResult(AblationArgs.Calib_Dev_Tokens, ConvertCommand.defaultDevTokens Convert.InitStrategy.CalibratePlus)
-        else 0
+    let devTokens = args.TryGetResult AblationArgs.Calib_Dev_Tokens
+    // Every (strategy, budget) pair; only calibrate-plus holds a dev part out of its budget.
+    let jobs =
+        [ for s in strategies do
+            for n in (match budgets with Some ns -> ns | None -> [ ConvertCommand.defaultCalibTokens s ]) do
+                let b = ZeroShotAblation.Budget.at s n
+                yield if s = Convert.InitStrategy.CalibratePlus then { b with DevTokens = defaultArg devTokens b.DevTokens } else b ]
+    for b in jobs do Calibration.fitChunks ConvertCommand.calibChunk b.CalibTokens b.DevTokens |> orFail |> ignore
     let evalText = args.GetResult AblationArgs.Eval_Text
+    // Validates the teacher, the kept layers and both texts; the budgets' splits are built by the sweep.
     let p =
         ConvertCommand.prepare (args.GetResult AblationArgs.Teacher) (args.TryGetResult AblationArgs.Keep) (args.TryGetResult AblationArgs.Policy) (args.TryGetResult AblationArgs.Keep_Fraction)
                                (args.GetResult AblationArgs.Calib_Text) (Some evalText) (args.Contains AblationArgs.Allow_Overlap) (args.TryGetResult AblationArgs.Gqa_Expand)
-                               ConvertCommand.calibChunk devTokens
+                               ConvertCommand.calibChunk 0
     let c = p.Teacher.Config
     let evalDocs = p.EvalDocs |> Option.map snd |> Option.defaultValue []
     let set = Perplexity.prepare evalText c (Corpus.tokenStream p.Tokenizer evalDocs) (args.TryGetResult AblationArgs.Window) (args.TryGetResult AblationArgs.Max_Tokens) |> orFail
     let out = args.GetResult AblationArgs.Out |> nonEmptyPath "--out"
     if File.Exists out then usageError $"--out {out} is a file"
-    let converted = [ 0 .. c.Layers - 1 ] |> List.except p.Kept
-    // Every (strategy, budget) pair, budgets validated before any work.
-    let jobs =
-        [ for s in strategies do
-            for n in (match budgets with Some ns -> ns | None -> [ ConvertCommand.defaultCalibTokens s ]) do
-                yield s, n ]
-    let splits = jobs |> List.map snd |> List.distinct |> List.map (fun n -> n, ConvertCommand.split p n devTokens) |> Map.ofList
+    let settings : ZeroShotAblation.Settings =
+        { Budgets = jobs; Seeds = [ 0 .. seeds - 1 ]; AlignSteps = steps; PlusSteps = steps; Expand = p.Expand
+          ChunkLength = ConvertCommand.calibChunk; AllowOverlap = p.AllowOverlap }
     use be = openDevice (args.TryGetResult AblationArgs.Device)
-    use dt = new DeviceDecoder(be, p.Teacher)
     let total = Stopwatch.StartNew()
-    let ppl (lm: Perplexity.LogitsModel) = (Perplexity.evaluateModel lm None set None CancellationToken.None).Perplexity
     let stepText = match steps with Some s -> $"{s} steps" | None -> "default steps"
     AnsiConsole.MarkupLine("[bold]ablation[/] " + Markup.Escape $"{p.TeacherPath}: kept {p.Kept}, GQA {GqaExpand.name p.Expand}, {seeds} seed(s), {stepText}, eval {set.Windows} x {set.Window} tokens, device {be.Name}")
-    let teacherPpl = ppl (Perplexity.decoderModel dt)
-    printfn "teacher PPL %.3f" teacherPpl
-    let traces = Collections.Generic.Dictionary<int, TeacherTrace.TeacherTrace * TeacherTrace.TeacherTrace option>()
-    let traceFor n =
-        match traces.TryGetValue n with
-        | true, v -> v
-        | _ ->
-            let sp = splits[n]
-            let v = TeacherTrace.runStreamed dt sp.Fit converted TeacherTrace.windowChunks,
-                    sp.Dev |> Option.map (fun d -> TeacherTrace.runStreamed dt d converted TeacherTrace.windowChunks)
-            traces[n] <- v
-            v
-    let rows =
-        [ for strategy, n in jobs do
-            let name = Convert.InitStrategy.name strategy
-            let fit, dev = traceFor n
-            let runs =
-                [ for seed in 0 .. seeds - 1 do
-                    let w = Stopwatch.StartNew()
-                    let o = Convert.ConvertOptions.defaults strategy
-                    let o = { o with
-                                Expand = p.Expand; Seed = seed
-                                Align = { o.Align with Steps = defaultArg steps o.Align.Steps }
-                                Plus = { o.Plus with Steps = defaultArg steps o.Plus.Steps } }
-                    let student, _ = Convert.runWith be p.Teacher fit dev p.Kept o Convert.Hooks.none CancellationToken.None
-                    let secs = w.Elapsed.TotalSeconds
-                    use m = new DeviceDecoder(be, student)
-                    let v = ppl (Perplexity.decoderModel m)
-                    printfn "%-17s %6d tokens, seed %d: PPL %.3f (convert %.1f s)" name n seed v secs
-                    yield v, secs ]
-            yield { Strategy = strategy; CalibTokens = n; Ppl = List.map fst runs; Seconds = List.map snd runs } ]
-    let label (r: Row) = $"{Convert.InitStrategy.name r.Strategy} @ {r.CalibTokens}"
-    let md =
-        let lines =
-            [ $"# Zero-shot ablation: {Path.GetFileName p.TeacherPath}, kept {p.Kept} of {c.Layers}, GQA expansion {GqaExpand.name p.Expand}"
-              ""
-              $"Calibration: {p.Batch.Source} (chunks of {p.Batch.T} tokens; calibrate-plus holds out {devTokens} tokens of it for selection); evaluation: {evalText} ({set.Windows} windows x {set.Window} tokens); {seeds} seed(s); {stepText}."
-              ""
-              "| model | calibration tokens | PPL (mean ± sd over seeds) | per seed | convert s (mean) |"
-              "|---|---|---|---|---|"
-              $"| teacher | | {teacherPpl:F3} | | |"
-              for r in rows do
-                  let m, sd = meanSd r.Ppl
-                  let per = r.Ppl |> List.map (sprintf "%.3f") |> String.concat ", "
-                  $"| {Convert.InitStrategy.name r.Strategy} | {r.CalibTokens} | {m:F3} ± {sd:F3} | {per} | {List.average r.Seconds:F1} |" ]
-        String.concat "\n" lines + "\n"
-    let json =
-        let o = JsonObject()
-        o["teacher"] <- JsonValue.Create p.TeacherPath
-        o["keep_full_attention_layers"] <- JsonArray(p.Kept |> List.map (fun i -> JsonValue.Create i :> JsonNode) |> Array.ofList)
-        o["gqa_expand"] <- JsonValue.Create(GqaExpand.name p.Expand)
-        o["seeds"] <- JsonValue.Create seeds
-        steps |> Option.iter (fun s -> o["steps"] <- JsonValue.Create s)
-        o["calib_text"] <- JsonValue.Create p.Batch.Source
-        o["calib_dev_tokens"] <- JsonValue.Create devTokens
-        o["eval_text"] <- JsonValue.Create evalText
-        o["eval_windows"] <- JsonValue.Create set.Windows
-        o["eval_window"] <- JsonValue.Create set.Window
-        o["teacher_ppl"] <- JsonValue.Create teacherPpl
-        let arr = JsonArray()
-        for r in rows do
-            let e = JsonObject()
-            let m, sd = meanSd r.Ppl
-            e["strategy"] <- JsonValue.Create(Convert.InitStrategy.name r.Strategy)
-            e["calib_tokens"] <- JsonValue.Create r.CalibTokens
-            e["mean_ppl"] <- JsonValue.Create m
-            e["sd_ppl"] <- JsonValue.Create sd
-            e["per_seed"] <- JsonArray(r.Ppl |> List.map (fun v -> JsonValue.Create v :> JsonNode) |> Array.ofList)
-            e["convert_seconds"] <- JsonArray(r.Seconds |> List.map (fun v -> JsonValue.Create v :> JsonNode) |> Array.ofList)
-            arr.Add e
-        o["results"] <- arr
-        o["seconds"] <- JsonValue.Create total.Elapsed.TotalSeconds
-        o.ToJsonString(JsonSerializerOptions(WriteIndented = true))
+    let report =
+        function
+        | ZeroShotAblation.TeacherScored v -> printfn "teacher PPL %.3f" v
+        | ZeroShotAblation.Converted(b, seed, v, secs) ->
+            printfn "%-17s %6d tokens (%d held out), seed %d: PPL %.3f (convert %.1f s)" (Convert.InitStrategy.name b.Strategy) b.CalibTokens b.DevTokens seed v secs
+    let teacherPpl, rows =
+        ZeroShotAblation.sweep be p.Teacher p.Tokenizer p.Batch.Source p.CalibDocs (evalText, evalDocs) set p.Kept settings report CancellationToken.None
+        |> orFail
+    let context : ZeroShotAblation.Context =
+        { TeacherPath = p.TeacherPath; Layers = c.Layers; Kept = p.Kept; CalibText = p.Batch.Source; EvalText = evalText
+          EvalWindows = set.Windows; EvalWindow = set.Window; Settings = settings }
+    let md = ZeroShotAblation.markdown context teacherPpl rows
+    let label (r: ZeroShotAblation.Row) = $"{Convert.InitStrategy.name r.Budget.Strategy} @ {r.Budget.CalibTokens}"
     Directory.CreateDirectory out |> ignore
     AtomicFile.writeText (Path.Combine(out, "ablation.md")) md
-    AtomicFile.writeText (Path.Combine(out, "ablation.json")) json
+    AtomicFile.writeText (Path.Combine(out, "ablation.json")) (ZeroShotAblation.json context teacherPpl rows total.Elapsed.TotalSeconds)
     AtomicFile.writeText (Path.Combine(out, "ablation.html"))
-        (ReportHtml.ablationPage $"Zero-shot PPL, kept {p.Kept}, GQA {GqaExpand.name p.Expand}" (("teacher", teacherPpl) :: [ for r in rows -> label r, List.average r.Ppl ]))
+        (ReportHtml.ablationPage $"Zero-shot PPL, kept {p.Kept}, GQA {GqaExpand.name p.Expand}" (("teacher", teacherPpl) :: [ for r in rows -> label r, List.average r.Perplexity ]))
     printfn "%s" md
     printfn "wrote %s in %.1f s" out total.Elapsed.TotalSeconds
     0

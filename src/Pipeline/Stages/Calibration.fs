@@ -59,6 +59,15 @@ type CalibrationSplit =
     { Fit: CalibrationBatch
       Dev: CalibrationBatch option }
 
+/// The fit chunks of a budget of n calibration tokens in all, of which devTokens (rounded up to whole chunks of
+/// `length`) are held out: budgets count every token a strategy reads, so they compare across strategies.
+let fitChunks (length: int) (n: int) (devTokens: int) : Result<int, InputError> =
+    let devChunks = (max 0 devTokens + length - 1) / length
+    let fit = n / length - devChunks
+    if fit < 1 then
+        Error(InvalidOption($"--calib-dev-tokens {devTokens}", $"holds out all {n} calibration tokens; at least one chunk of {length} must remain to fit on"))
+    else Ok fit
+
 /// Fit batch of opts.Batch × opts.Length tokens from the leading documents, and a dev batch of
 /// ⌈devTokens / Length⌉ chunks from trailing documents (devTokens = 0: no dev part, the fit is `build`'s batch).
 let buildSplit (opts: CalibrationOptions) (devTokens: int) (tok: ITokenizer) (source: string) (calibDocs: string list)

@@ -40,7 +40,7 @@ type Request =
       /// Calibration text (documents separated by <|endoftext|>). naive and zero-gate need none; given one,
       /// they trace it only to measure each layer's fit for the report.
       CalibText: string option
-      /// Calibration tokens, a multiple of 256 (None: `defaultCalibTokens`).
+      /// Calibration tokens in all (calibrate-plus's held-out part included), a multiple of 256 (None: `defaultCalibTokens`).
       CalibTokens: int option
       /// Held-out calibration tokens from the end of the text, for calibrate-plus (None: `defaultDevTokens`).
       DevTokens: int option
@@ -62,11 +62,18 @@ module Request =
 /// Chunk length of the calibration batch (docs/method.md §5.1).
 let calibChunk = Calibration.CalibrationOptions.defaults.Length
 
-/// The default calibration budget of a strategy: the paper's 4 × 256 for its five, more for calibrate-plus.
-let defaultCalibTokens = function Convert.InitStrategy.CalibratePlus -> 16384 | _ -> 1024
+/// The default calibration budget of a strategy: every calibration token it reads, calibrate-plus's held-out
+/// dev part included, so budgets compare across strategies. The paper's 4 × 256 for its five; 20,480 for
+/// calibrate-plus (16,384 fit + 4,096 dev, docs/method.md §5.5).
+let defaultCalibTokens = function Convert.InitStrategy.CalibratePlus -> 20480 | _ -> 1024
 
-/// Held-out calibration tokens of a strategy (only calibrate-plus uses them).
-let defaultDevTokens = function Convert.InitStrategy.CalibratePlus -> 4096 | _ -> 0
+/// Held-out calibration tokens of a strategy out of a budget of n: calibrate-plus holds out a quarter of the
+/// budget, at most 4,096 tokens (enough to rank states; more only slows its evaluations) and at least one chunk;
+/// the published strategies none.
+let defaultDevTokens (strategy: Convert.InitStrategy) (n: int) =
+    match strategy with
+    | Convert.InitStrategy.CalibratePlus -> max calibChunk (min 4096 (n / 4 / calibChunk * calibChunk))
+    | _ -> 0
 
 /// Alignment steps per layer: the paper's 300; calibrate-plus's cap (it stops early on held-out text).
 let defaultSteps = function
@@ -139,10 +146,11 @@ let private calibrationOf (r: Request) (t: Teacher) (tok: ITokenizer) =
             | None -> Ok(None, [], None, [])
     | Some calibText ->
         let calibTokens = defaultArg r.CalibTokens (defaultCalibTokens r.Strategy)
-        let devTokens = defaultArg r.DevTokens (defaultDevTokens r.Strategy)
+        let devTokens = defaultArg r.DevTokens (defaultDevTokens r.Strategy calibTokens)
         inputResult {
             do! checkCalibTokens calibTokens
-            let opts = { Calibration.CalibrationOptions.defaults with Batch = calibTokens / calibChunk; AllowOverlap = r.AllowOverlap }
+            let! fit = Calibration.fitChunks calibChunk calibTokens devTokens
+            let opts = { Calibration.CalibrationOptions.defaults with Batch = fit; AllowOverlap = r.AllowOverlap }
             do! if opts.Length > t.Config.Context then
                     Error(InvalidOption("--calib-text", $"the calibration length {opts.Length} exceeds the teacher's context {t.Config.Context}"))
                 else Ok()
@@ -185,12 +193,13 @@ let prepare (r: Request) : Result<Prepared, InputError> =
               Expand = r.Expand; Calibration = calibration; CalibDocs = calibDocs; EvalDocs = evalDocs; AllowOverlap = r.AllowOverlap
               Warnings = warnings } }
 
-/// Fit and dev batches of n calibration tokens with devTokens held out, from the prepared calibration text
-/// (the ablation's budgets).
+/// Fit and dev batches of n calibration tokens in all, devTokens of them held out, from the prepared
+/// calibration text (the ablation's budgets).
 let split (p: Prepared) (n: int) (devTokens: int) : Result<Calibration.CalibrationSplit, InputError> =
     inputResult {
         do! checkCalibTokens n
-        let opts = { Calibration.CalibrationOptions.defaults with Batch = n / calibChunk; AllowOverlap = p.AllowOverlap }
+        let! fit = Calibration.fitChunks calibChunk n devTokens
+        let opts = { Calibration.CalibrationOptions.defaults with Batch = fit; AllowOverlap = p.AllowOverlap }
         return! Calibration.buildSplit opts devTokens p.Tokenizer p.Batch.Source p.CalibDocs p.EvalDocs }
 
 /// The settings a resumed run must share with the interrupted one, as (name, value) in a fixed order.

@@ -132,7 +132,7 @@ let private readAblation (path: string) =
     let o = JsonNode.Parse(File.ReadAllText path).AsObject()
     [ for e in o["rows"].AsArray() -> e["init"].GetValue<string>(), (match e["perplexity"] with null -> nan | v -> v.GetValue<float>()) ]
 
-let private writeAblation (path: string) (rows: ZeroShotAblation.Row list) (kept: int list) =
+let private writeAblation (path: string) (rows: ZeroShotAblation.StrategyResult list) (kept: int list) =
     let o = JsonObject()
     o["kept_layers"] <- JsonArray(kept |> List.map (fun i -> JsonValue.Create i :> JsonNode) |> Array.ofList)
     o["rows"] <- JsonArray([| for r in rows ->
@@ -143,7 +143,7 @@ let private writeAblation (path: string) (rows: ZeroShotAblation.Row list) (kept
 
 /// The ablation's other inits (naive and taylor-calibrate come from the token budget's zero-shot points).
 let private runAblation (be: IBackend) (t: TeacherSetting) (kept: int list) strategies
-                        (report: TokenBudget.Event -> unit) ct : Result<ZeroShotAblation.Row list, InputError> =
+                        (report: TokenBudget.Event -> unit) ct : Result<ZeroShotAblation.StrategyResult list, InputError> =
     match ModelFiles.loadTeacher t.Path with
     | Error e -> Error e
     | Ok teacher ->
