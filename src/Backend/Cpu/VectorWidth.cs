@@ -1,7 +1,8 @@
 // The vector width of the CPU backend's kernels other than the GEMM micro-kernel: flash attention, both
 // gated-delta-rule forms, the row kernels (RMSNorm, softmax, the vocabulary losses, the fixed-order
-// reductions) and AdamW. 512-bit forms (Vector512) where the processor accelerates them (AVX-512), 256-bit
-// forms (Vector256, AVX2) otherwise; each kernel's scalar loop stays its specification. TC_CPU_SIMD forces a
+// reductions). 512-bit forms (Vector512) where the processor accelerates them (AVX-512), 256-bit forms
+// (Vector256, AVX2) otherwise; each kernel's scalar loop stays its specification. AdamW is 256-bit everywhere
+// (memory-bound; its 512-bit form was slower: CpuBackend.Optim.cs). TC_CPU_SIMD forces a
 // width, so tests and benchmarks can run both on one machine; a backend built with an explicit width runs
 // it regardless of the variable (the `cpu-vector` bench suite compares both in one process).
 // The GEMM kernel is chosen separately (TC_CPU_GEMM, Gemm/MicroKernels.cs).

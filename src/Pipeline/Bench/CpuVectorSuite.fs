@@ -3,7 +3,7 @@
 /// one backend per width, the widths taking turns run by run (A, B, A, B, …, so load from other processes
 /// hits both alike), and reports the fastest run of each (the record's seconds), which on a shared machine
 /// estimates the unloaded time better than a median. Cases: RMSNorm, softmax, cross-entropy and KL rows
-/// (forward + gradient), SwiGLU, AdamW, flash attention and both gated-delta-rule forms (forward + backward, useful
+/// (forward + gradient), SwiGLU, flash attention and both gated-delta-rule forms (forward + backward, useful
 /// FLOPs as in SequenceSuite), and one GEMM timed the same way (the same run's GEMM rate, for the kernels'
 /// fraction of it). Other backends: no records.
 module TaylorCalibrate.Pipeline.Bench.CpuVectorSuite
@@ -67,14 +67,6 @@ let private swiGlu rows cols =
         let y, da, db = be.Allocate [| rows; cols |], be.Allocate [| rows; cols |], be.Allocate [| rows; cols |]
         { Run = (fun () -> be.SwiGlu(a, b, y); be.SwiGluBackward(a, b, dy, da, db)); Tensors = [ a; b; dy; y; da; db ] } }
 
-let private adamW n =
-    { Name = $"adamw {n / 1048576}M params"; Flops = None; Tokens = None
-      Setup = fun be ->
-        let p = be.FromArray(random 9 n -1.0f 1.0f, n)
-        let g = be.FromArray(random 10 n -1.0f 1.0f, n)
-        let m, v = be.Allocate [| n |], be.Allocate [| n |]
-        { Run = (fun () -> be.AdamW(p, g, m, v, AdamWSpec(1e-4f, 10))); Tensors = [ p; g; m; v ] } }
-
 let private attention t h d =
     let hkv = h / 2
     { Name = $"attention fwd+bwd T={t} H={h} Hkv={hkv} D={d}"
@@ -115,10 +107,10 @@ let private gdn (mode: GdnMode) t h d =
 
 let private cases quick =
     if quick then
-        [ rmsNorm 256 512; softmax 256 512; crossEntropy 64 4096; kl 64 4096; swiGlu 256 512; adamW (1 <<< 20)
+        [ rmsNorm 256 512; softmax 256 512; crossEntropy 64 4096; kl 64 4096; swiGlu 256 512
           attention 256 4 64; gdn GdnMode.Chunked 256 4 64; gdn GdnMode.Recurrent 256 4 64 ]
     else
-        [ rmsNorm 4096 2048; softmax 2048 2048; crossEntropy 512 32000; kl 512 32000; swiGlu 2048 2816; adamW (8 <<< 20)
+        [ rmsNorm 4096 2048; softmax 2048 2048; crossEntropy 512 32000; kl 512 32000; swiGlu 2048 2816
           for h, d in [ (8, 64); (16, 128) ] do
               attention 2048 h d
               gdn GdnMode.Chunked 2048 h d
