@@ -146,7 +146,9 @@ let markdown (x: Context) (teacherPpl: float) (rows: Row list) : string =
               let m, sd = meanSd r.Perplexity
               let per = r.Perplexity |> List.map (sprintf "%.3f") |> String.concat ", "
               let b = r.Budget
-              $"| {Convert.InitStrategy.name b.Strategy} | {b.CalibTokens} ({b.CalibTokens - (b.DevTokens + s.ChunkLength - 1) / s.ChunkLength * s.ChunkLength} + {(b.DevTokens + s.ChunkLength - 1) / s.ChunkLength * s.ChunkLength}) | {m:F3} ± {sd:F3} | {per} | {List.average r.Seconds:F1} |" ]
+              // The dev part in whole chunks, as Calibration.fitChunks holds it out.
+              let dev = (b.DevTokens + s.ChunkLength - 1) / s.ChunkLength * s.ChunkLength
+              $"| {Convert.InitStrategy.name b.Strategy} | {b.CalibTokens} ({b.CalibTokens - dev} + {dev}) | {m:F3} ± {sd:F3} | {per} | {List.average r.Seconds:F1} |" ]
     String.concat "\n" lines + "\n"
 
 /// The same results as JSON.
